@@ -1,0 +1,227 @@
+//! Wires the stages with bounded channels on one TaskTracker and owns the
+//! shutdown order.
+//!
+//! ```text
+//! broker ─▶ ingest::mqtt (poll loop) ──try_send──▶ track shard ×N ──commit──▶ store
+//!               │ register                              │ tickets
+//!               ▼                                       ▼
+//!          AckQueue ◀───────────── ingest::acker ◀──────┘   (PUBACK in arrival order)
+//! ```
+//!
+//! Channel policies:
+//! - source → shard: capacity = Receive Maximum; the broker never has more
+//!   unacked publishes in flight, so QoS 1 never finds it full (if a broker
+//!   misbehaves we reconnect and let it redeliver); QoS 0 is dropped when
+//!   full and counted.
+//! - shard → acker: capacity = shards × 4 batches; shards block on it, which
+//!   is the back-pressure we want (acks are cheap, this never stays full).
+//!
+//! Shutdown: stop taking publishes → shards drain and commit → final acks →
+//! DISCONNECT (the session persists, so anything unacked is redelivered).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use rumqttc::v5::AsyncClient;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::SharedClock;
+use crate::config::AppConfig;
+use crate::directory::Directory;
+use crate::http::{self, OpsState};
+use crate::ingest::acker::{run_acker, AckQueue};
+use crate::ingest::mqtt::{MqttStatus, Source};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use crate::track::{run_shard, ShardContext, ShardRouter};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The HTTP address is taken or not ours.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The database failed during start-up.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A started server.
+pub struct Running {
+    /// The bound HTTP address (useful with port 0).
+    pub http_addr: SocketAddr,
+    /// Live metrics.
+    pub metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// Token that starts a graceful shutdown when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until every task has finished (after a shutdown).
+    pub async fn wait(&self) {
+        self.tracker.wait().await;
+    }
+
+    /// Graceful shutdown: stop reading, flush, ack what was committed.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.tracker.wait().await;
+    }
+}
+
+/// Starts every stage. Migrations are the caller's job (`serve` runs them).
+pub async fn start<S: Store>(
+    cfg: AppConfig,
+    store: S,
+    clock: SharedClock,
+) -> Result<Running, AppError> {
+    let metrics = Arc::new(Metrics::new());
+    let tracker = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    // Everything that must stop only after the final acks (directory
+    // follower, HTTP) listens to `stopped`.
+    let stopped = CancellationToken::new();
+    let abandon = CancellationToken::new();
+    let acks_done = CancellationToken::new();
+
+    let directory = Directory::load(store.clone()).await?;
+    let (dir_tx, dir_rx) = mpsc::channel(1024);
+    tracker.spawn({
+        let store = store.clone();
+        let stopped = stopped.clone();
+        async move { store.watch_devices(dir_tx, stopped).await }
+    });
+    tracker.spawn(directory.clone().follow(dir_rx, stopped.clone()));
+
+    let listener = TcpListener::bind(cfg.http_addr)
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: cfg.http_addr,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| AppError::Bind {
+        addr: cfg.http_addr,
+        source,
+    })?;
+    let mqtt_status = Arc::new(MqttStatus::default());
+    let ops = http::router(OpsState {
+        metrics: metrics.clone(),
+        store: store.clone(),
+        mqtt: mqtt_status.clone(),
+    });
+    tracker.spawn({
+        let stopped = stopped.clone();
+        async move {
+            let r = axum::serve(listener, ops)
+                .with_graceful_shutdown(async move { stopped.cancelled().await })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }
+    });
+
+    let receive_max = usize::from(cfg.mqtt.receive_maximum);
+    // The request channel carries acks; sized so acks rarely wait on it.
+    let (client, eventloop) = AsyncClient::new(cfg.mqtt.options(), receive_max + 64);
+    let acks = Arc::new(Mutex::new(AckQueue::default()));
+    let (done_tx, done_rx) = mpsc::channel(cfg.shards * 4);
+
+    let ctx = Arc::new(ShardContext {
+        store,
+        directory,
+        metrics: metrics.clone(),
+        completions: done_tx,
+        abandon: abandon.clone(),
+    });
+    let mut senders = Vec::with_capacity(cfg.shards);
+    for i in 0..cfg.shards {
+        let (tx, rx) = mpsc::channel(receive_max);
+        senders.push(tx);
+        tracker.spawn(run_shard(
+            format!("shard-{i}"),
+            rx,
+            ctx.clone(),
+            cfg.shard.clone(),
+        ));
+    }
+    // Shards own the only completion senders now; the acker ends when they do.
+    drop(ctx);
+    let router = ShardRouter::new(senders, cfg.mqtt.topic_prefix.clone());
+
+    tracker.spawn({
+        let (acks, client, metrics, abandon, acks_done, stopped) = (
+            acks.clone(),
+            client.clone(),
+            metrics.clone(),
+            abandon.clone(),
+            acks_done.clone(),
+            stopped.clone(),
+        );
+        async move {
+            run_acker(acks, done_rx, client, metrics, abandon).await;
+            acks_done.cancel();
+            // Give the poll loop a moment to put the final acks on the wire
+            // before the rest (HTTP, directory) stops.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            stopped.cancel();
+        }
+    });
+
+    let source = Source {
+        cfg: cfg.mqtt.clone(),
+        client,
+        eventloop,
+        acks,
+        router,
+        clock,
+        metrics: metrics.clone(),
+        status: mqtt_status,
+    };
+    tracker.spawn(source.run(shutdown.clone(), acks_done));
+
+    // Bound shutdown when the database is down: after the grace period the
+    // shards stop retrying and leave unacked messages to the broker.
+    tracker.spawn({
+        let (shutdown, abandon, stopped, grace) = (
+            shutdown.clone(),
+            abandon.clone(),
+            stopped.clone(),
+            cfg.shutdown_grace,
+        );
+        async move {
+            tokio::select! {
+                _ = stopped.cancelled() => return,
+                _ = shutdown.cancelled() => {}
+            }
+            tokio::select! {
+                _ = stopped.cancelled() => {}
+                _ = tokio::time::sleep(grace) => {
+                    tracing::warn!("shutdown grace elapsed; unacked messages stay with the broker");
+                    abandon.cancel();
+                }
+            }
+        }
+    });
+    tracker.close();
+    tracing::info!(%http_addr, shards = cfg.shards, "waypoint started");
+    Ok(Running {
+        http_addr,
+        metrics,
+        shutdown,
+        tracker,
+    })
+}

@@ -1,0 +1,230 @@
+//! Command line and environment. Flags win over `WAYPOINT_*` variables,
+//! which win over defaults; each stage gets its own typed config.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::ingest::mqtt::{parse_url, MqttConfig};
+use crate::track::{PrepareConfig, ShardConfig};
+
+/// Waypoint: electronic-monitoring telemetry server.
+#[derive(Debug, Parser)]
+#[command(name = "waypoint", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: ingest from MQTT, store, serve /metrics and probes.
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(DbArgs),
+    /// Enroll, revoke and list devices.
+    Devices {
+        /// Device action.
+        #[command(subcommand)]
+        cmd: DevicesCmd,
+    },
+}
+
+/// Database location.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL URL; the database is created if missing.
+    #[arg(
+        long,
+        env = "WAYPOINT_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/waypoint"
+    )]
+    pub database_url: String,
+}
+
+/// Device administration until the officer API exists.
+#[derive(Debug, Subcommand)]
+pub enum DevicesCmd {
+    /// Enroll a device and print how to create its broker credential.
+    Add {
+        /// Device id: 1-64 of A-Z a-z 0-9 . _ - (it becomes a topic segment).
+        device_id: String,
+        /// Also accept OwnTracks locations published as `owntracks/<user>/<device>`.
+        #[arg(long, value_name = "USER/DEVICE")]
+        owntracks: Option<String>,
+        /// Database.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Revoke a device: its later messages are refused as `device_revoked`.
+    Revoke {
+        /// Device id.
+        device_id: String,
+        /// Database.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List enrolled devices.
+    List {
+        /// Database.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+/// `waypoint serve` settings.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Database.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Broker URL, `mqtt://[user:pass@]host[:port]`.
+    #[arg(long, env = "WAYPOINT_MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
+    pub mqtt_url: String,
+    /// HTTP listen address for /metrics, /healthz, /readyz.
+    #[arg(long, env = "WAYPOINT_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// MQTT client id: unique per server instance, stable across restarts
+    /// (the broker keeps this instance's session under it).
+    #[arg(long, env = "WAYPOINT_MQTT_CLIENT_ID", default_value = "waypoint-ingest-1")]
+    pub mqtt_client_id: String,
+    /// Prefix before every topic (empty, or ending in `/`).
+    #[arg(long, env = "WAYPOINT_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+    /// Seconds the broker keeps our session and queued messages while we are down.
+    #[arg(long, env = "WAYPOINT_SESSION_EXPIRY_SECS", default_value_t = 86_400)]
+    pub session_expiry_secs: u32,
+    /// MQTT Receive Maximum: unacknowledged publishes in flight to us.
+    #[arg(long, env = "WAYPOINT_RECEIVE_MAXIMUM", default_value_t = 2_000)]
+    pub receive_maximum: u16,
+    /// Application payload cap in bytes; larger payloads are refused as `oversize`.
+    #[arg(long, env = "WAYPOINT_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024)]
+    pub max_payload_bytes: usize,
+    /// Parallel shards (each with its own database connection).
+    #[arg(long, env = "WAYPOINT_SHARDS", default_value_t = 4)]
+    pub shards: usize,
+    /// Flush a batch at this many fixes.
+    #[arg(long, env = "WAYPOINT_BATCH_MAX_FIXES", default_value_t = 1_000)]
+    pub batch_max_fixes: usize,
+    /// Flush a batch this many milliseconds after its first message.
+    #[arg(long, env = "WAYPOINT_BATCH_MAX_DELAY_MS", default_value_t = 10)]
+    pub batch_max_delay_ms: u64,
+    /// On shutdown, seconds to keep retrying an unavailable database before
+    /// leaving unacked messages to the broker.
+    #[arg(long, env = "WAYPOINT_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+/// Bytes of headroom between the payload cap and the MQTT packet cap, for
+/// the topic and properties: a payload up to the cap always reaches us and
+/// is refused with a record, never dropped by the broker for being too big
+/// for this client.
+pub const PACKET_HEADROOM: usize = 64 * 1024;
+
+/// Invalid settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Bad value, with an explanation.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The typed configuration of a running server.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// Broker session.
+    pub mqtt: MqttConfig,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// Number of shards.
+    pub shards: usize,
+    /// Per-shard batching and preparation.
+    pub shard: ShardConfig,
+    /// Shutdown grace when the database is unavailable.
+    pub shutdown_grace: Duration,
+}
+
+impl ServeArgs {
+    /// Checks and converts the flags.
+    pub fn to_config(&self) -> Result<AppConfig, ConfigError> {
+        let bad = |s: String| ConfigError::Invalid(s);
+        let (host, port, credentials) = parse_url(&self.mqtt_url).map_err(bad)?;
+        if !(self.topic_prefix.is_empty() || self.topic_prefix.ends_with('/'))
+            || self.topic_prefix.contains(['+', '#'])
+        {
+            return Err(bad(format!(
+                "--topic-prefix {:?} must be empty or end in '/', without wildcards",
+                self.topic_prefix
+            )));
+        }
+        if self.shards == 0 || self.shards > 256 {
+            return Err(bad("--shards must be 1..=256".into()));
+        }
+        if self.receive_maximum == 0 {
+            return Err(bad("--receive-maximum must be at least 1".into()));
+        }
+        if self.batch_max_fixes == 0 {
+            return Err(bad("--batch-max-fixes must be at least 1".into()));
+        }
+        let max_packet = self.max_payload_bytes.saturating_add(PACKET_HEADROOM);
+        let max_packet = u32::try_from(max_packet)
+            .map_err(|_| bad("--max-payload-bytes is too large".into()))?;
+        Ok(AppConfig {
+            mqtt: MqttConfig {
+                host,
+                port,
+                credentials,
+                client_id: self.mqtt_client_id.clone(),
+                topic_prefix: self.topic_prefix.clone(),
+                session_expiry_secs: self.session_expiry_secs,
+                receive_maximum: self.receive_maximum,
+                max_packet_bytes: max_packet,
+                keep_alive: Duration::from_secs(30),
+            },
+            http_addr: self.http_addr,
+            shards: self.shards,
+            shard: ShardConfig {
+                max_batch_fixes: self.batch_max_fixes,
+                max_delay: Duration::from_millis(self.batch_max_delay_ms),
+                prepare: PrepareConfig {
+                    topic_prefix: self.topic_prefix.clone(),
+                    max_payload: self.max_payload_bytes,
+                },
+            },
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<AppConfig, String> {
+        let mut v = vec!["waypoint", "serve"];
+        v.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(v).map_err(|e| e.to_string())?;
+        let Command::Serve(s) = cli.command else {
+            unreachable!()
+        };
+        s.to_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_valid_and_layered() {
+        let c = args(&[]).unwrap();
+        assert!(c.mqtt.max_packet_bytes as usize > c.shard.prepare.max_payload);
+        assert_eq!(c.mqtt.port, 1883);
+    }
+
+    #[test]
+    fn bad_values_get_clear_errors() {
+        assert!(args(&["--topic-prefix", "x"]).unwrap_err().contains("end in '/'"));
+        assert!(args(&["--shards", "0"]).unwrap_err().contains("shards"));
+        assert!(args(&["--mqtt-url", "http://x"]).unwrap_err().contains("scheme"));
+        assert!(args(&["--http-addr", "nope"]).is_err());
+    }
+}

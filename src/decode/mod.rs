@@ -1,0 +1,74 @@
+//! Bytes → domain, pure and synchronous.
+//!
+//! Decoding has two steps so that every encoding shares one set of rules:
+//! 1. a format decoder ([`json`], [`binary`], [`owntracks`]) turns bytes into a
+//!    [`WireMessage`]: the message as the device said it, unvalidated;
+//! 2. [`validate`] checks ranges against the server's clock and splits the
+//!    message into accepted items and per-item rejections.
+
+pub mod binary;
+pub mod json;
+pub mod owntracks;
+mod validate;
+mod wire;
+
+pub use validate::{validate, Validated, MAX_FUTURE_SKEW};
+pub use wire::{WireEvent, WireFix, WireMessage, WireStatus};
+
+use crate::domain::RejectReason;
+
+/// Most fixes one message may carry; a device with a larger backlog splits it.
+pub const MAX_FIXES_PER_MESSAGE: usize = 2_000;
+/// Most events one message may carry.
+pub const MAX_EVENTS_PER_MESSAGE: usize = 256;
+/// Longest free-text field (firmware version, event kind) accepted.
+pub const MAX_SHORT_STRING: usize = 64;
+
+/// A whole-message refusal from a decoder.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct DecodeError {
+    /// Closed-set reason, stored and counted.
+    pub reason: RejectReason,
+    /// Human-readable detail for the rejected-messages row; never holds coordinates.
+    pub detail: String,
+}
+
+impl DecodeError {
+    pub(crate) fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Decodes a payload published on a native `em/v1/devices/{id}/telemetry`
+/// topic. JSON documents start with `{` (after optional whitespace); any other
+/// first byte is the binary encoding, whose first byte is always a protobuf
+/// tag (0x08 for `v`), never `{`.
+pub fn decode_native(payload: &[u8]) -> Result<WireMessage, DecodeError> {
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        Some(b'{') => json::decode(payload),
+        Some(_) => binary::decode(payload),
+        None => Err(DecodeError::new(RejectReason::MalformedJson, "empty payload")),
+    }
+}
+
+/// Checks shared by all decoders on the sizes of a decoded message.
+pub(crate) fn check_counts(fixes: usize, events: usize) -> Result<(), DecodeError> {
+    if fixes > MAX_FIXES_PER_MESSAGE {
+        return Err(DecodeError::new(
+            RejectReason::Oversize,
+            format!("{fixes} fixes in one message; at most {MAX_FIXES_PER_MESSAGE}"),
+        ));
+    }
+    if events > MAX_EVENTS_PER_MESSAGE {
+        return Err(DecodeError::new(
+            RejectReason::Oversize,
+            format!("{events} events in one message; at most {MAX_EVENTS_PER_MESSAGE}"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! `waypoint` binary: parse flags, initialise logging, run one command.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use sqlx::migrate::MigrateDatabase;
+use tracing_subscriber::EnvFilter;
+
+use waypoint::clock::{Clock, SystemClock};
+use waypoint::config::{Cli, Command, DbArgs, DevicesCmd};
+use waypoint::domain::DeviceId;
+use waypoint::store::postgres::PgStore;
+use waypoint::store::Store;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("WAYPOINT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let cfg = args.to_config()?;
+            let store = open(&args.db, (cfg.shards + 4) as u32).await?;
+            let running = waypoint::app::start(cfg, store, Arc::new(SystemClock)).await?;
+            let token = running.shutdown_token();
+            tokio::select! {
+                _ = shutdown_signal() => tracing::info!("shutdown requested; draining"),
+                _ = token.cancelled() => {}
+            }
+            running.stop().await;
+            tracing::info!("stopped");
+        }
+        Command::Migrate(db) => {
+            open(&db, 1).await?;
+            println!("migrations applied");
+        }
+        Command::Devices { cmd } => devices(cmd).await?,
+    }
+    Ok(())
+}
+
+/// Creates the database if missing, connects and migrates.
+async fn open(db: &DbArgs, connections: u32) -> anyhow::Result<PgStore> {
+    if !sqlx::Postgres::database_exists(&db.database_url)
+        .await
+        .context("cannot reach PostgreSQL (is --database-url / WAYPOINT_DATABASE_URL right?)")?
+    {
+        sqlx::Postgres::create_database(&db.database_url)
+            .await
+            .context("creating the database")?;
+    }
+    let store = PgStore::connect(&db.database_url, connections).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+async fn devices(cmd: DevicesCmd) -> anyhow::Result<()> {
+    let now = SystemClock.now();
+    match cmd {
+        DevicesCmd::Add {
+            device_id,
+            owntracks,
+            db,
+        } => {
+            let id = DeviceId::parse(&device_id)
+                .with_context(|| format!("invalid device id {device_id:?}"))?;
+            let pair = owntracks
+                .as_deref()
+                .map(|p| {
+                    p.split_once('/')
+                        .filter(|(u, d)| !u.is_empty() && !d.is_empty() && !d.contains('/'))
+                        .with_context(|| format!("--owntracks {p:?} must be USER/DEVICE"))
+                })
+                .transpose()?;
+            let store = open(&db, 1).await?;
+            let rec = store.add_device(&id, pair, now).await?;
+            println!("enrolled device {} (key {})", rec.id, rec.key);
+            print_credential_help(&rec.id, pair)?;
+        }
+        DevicesCmd::Revoke { device_id, db } => {
+            let id = DeviceId::parse(&device_id)
+                .with_context(|| format!("invalid device id {device_id:?}"))?;
+            let store = open(&db, 1).await?;
+            store.revoke_device(&id, now).await?;
+            println!("revoked device {id}; its messages are now refused as device_revoked");
+            println!("remove its broker credential too:");
+            println!("  mosquitto_passwd -D /etc/mosquitto/passwd {id} && kill -HUP $(pidof mosquitto)");
+            println!("  # or, with the dynamic-security plugin:");
+            println!("  mosquitto_ctrl dynsec deleteClient {id}");
+        }
+        DevicesCmd::List { db } => {
+            let store = open(&db, 1).await?;
+            for d in store.devices().await? {
+                let ot = d
+                    .owntracks
+                    .map(|(u, v)| format!(" owntracks={u}/{v}"))
+                    .unwrap_or_default();
+                let state = if d.revoked { "revoked" } else { "active" };
+                println!("{}\t{state}{ot}", d.id);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prints the broker-side steps; the broker, not Waypoint, holds credentials.
+fn print_credential_help(id: &DeviceId, owntracks: Option<(&str, &str)>) -> anyhow::Result<()> {
+    let mut raw = [0u8; 18];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("reading /dev/urandom for a device secret")?;
+    let secret: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let user = match owntracks {
+        Some((u, _)) => u.to_owned(),
+        None => id.to_string(),
+    };
+    println!("create its broker credential (deploy/mosquitto.conf: the ACL lets user <id> publish only under em/v1/devices/<id>/):");
+    println!("  mosquitto_passwd -b /etc/mosquitto/passwd {user} {secret} && kill -HUP $(pidof mosquitto)");
+    println!("  # or, with the dynamic-security plugin:");
+    println!("  mosquitto_ctrl dynsec createClient {user} -p {secret} && mosquitto_ctrl dynsec addClientRole {user} device");
+    println!("provision the device with username {user:?} and this password; it is shown only once.");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,275 @@
+//! Durable storage behind one interface.
+//!
+//! The pipeline only sees [`Store`]; PostgreSQL ([`postgres::PgStore`]) is the
+//! production implementation and the embedded default will add SQLite behind
+//! the same trait. Everything one batch produces is committed in one
+//! transaction, so an ack after [`Store::commit`] returns covers all of it;
+//! the rules engine will add its alert state to the same transaction.
+
+pub mod postgres;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::directory::DirectoryEvent;
+use crate::domain::{DeviceId, ItemKind, ItemRejection, MessageKey, RejectReason, Telemetry};
+
+/// An enrolled device as the pipeline needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Internal key used by every time-series row.
+    pub key: i64,
+    /// Public id (topic segment).
+    pub id: DeviceId,
+    /// OwnTracks `(user, device)` this device also accepts, if any.
+    pub owntracks: Option<(String, String)>,
+    /// Revoked devices are refused as `device_revoked`.
+    pub revoked: bool,
+}
+
+/// A message that passed decoding, enrollment and validation.
+#[derive(Debug, Clone)]
+pub struct AcceptedMessage {
+    /// Internal device key.
+    pub device_key: i64,
+    /// Topic it arrived on (stored with item rejections).
+    pub topic: String,
+    /// Server receive time (from the injectable clock).
+    pub received_at: DateTime<Utc>,
+    /// Content digest; see [`crate::decode::WireMessage::digest`].
+    pub digest: [u8; 16],
+    /// The valid content.
+    pub telemetry: Telemetry,
+    /// Items refused inside it; stored only the first time the message is.
+    pub item_rejections: Vec<ItemRejection>,
+    /// The raw payload (shared, not copied); kept with a `seq_conflict`
+    /// record so the two versions can be compared.
+    pub payload: Bytes,
+}
+
+/// A whole message (or, for conflicts, a message's identity) refused.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// Server receive time.
+    pub received_at: DateTime<Utc>,
+    /// Topic it arrived on.
+    pub topic: String,
+    /// Internal device key, when the device is known.
+    pub device_key: Option<i64>,
+    /// Device id as claimed by topic or payload (possibly invalid), capped.
+    pub device_claim: Option<String>,
+    /// Message key, when decoding got that far.
+    pub key: Option<MessageKey>,
+    /// Why.
+    pub reason: RejectReason,
+    /// Detail for people; never coordinates.
+    pub detail: String,
+    /// Raw payload (capped) for investigation; subject to retention.
+    pub payload: Option<Bytes>,
+}
+
+/// Most bytes of a refused payload kept for investigation.
+pub const MAX_STORED_PAYLOAD: usize = 4096;
+
+impl Rejection {
+    /// Caps the stored payload and claim so hostile input cannot bloat the table.
+    pub fn capped(mut self) -> Self {
+        if let Some(p) = &self.payload {
+            if p.len() > MAX_STORED_PAYLOAD {
+                self.payload = Some(p.slice(..MAX_STORED_PAYLOAD));
+            }
+        }
+        if let Some(c) = &mut self.device_claim {
+            if c.len() > 128 {
+                let mut end = 128;
+                while !c.is_char_boundary(end) {
+                    end -= 1;
+                }
+                c.truncate(end);
+            }
+        }
+        self
+    }
+}
+
+/// One unit of work for the store, in arrival order.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// Store it (unless it is a duplicate).
+    Accepted(Box<AcceptedMessage>),
+    /// Record the refusal.
+    Rejected(Box<Rejection>),
+}
+
+/// What happened to one [`Prepared`] item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// New message; its valid content is stored.
+    Stored,
+    /// Same key and content already stored: nothing written.
+    Duplicate,
+    /// Same key, different content: recorded as `seq_conflict`.
+    Conflict,
+    /// A refusal was recorded.
+    Rejected,
+}
+
+/// Result of committing one batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CommitReport {
+    /// One outcome per input item, same order.
+    pub outcomes: Vec<Outcome>,
+    /// Fix rows written.
+    pub fixes_stored: u64,
+    /// Rejection rows written, by reason (item and whole-message).
+    pub rejections: BTreeMap<RejectReason, u64>,
+}
+
+/// Storage errors, split by what the caller should do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database is unreachable or asked us to retry (connection loss,
+    /// shutdown, deadlock, serialization failure). Retry later; nothing is acked.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// The database refused the data itself. Retrying the same rows would
+    /// fail again; the caller isolates the offending message.
+    #[error("database refused the batch: {0}")]
+    Refused(#[source] sqlx::Error),
+    /// Schema migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// An admin operation named something that does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// An admin operation would violate uniqueness.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same operation later can succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// The storage interface every backend implements.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Applies pending schema migrations.
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Commits one batch atomically and reports each item's outcome.
+    fn commit(
+        &self,
+        batch: &[Prepared],
+    ) -> impl Future<Output = Result<CommitReport, StoreError>> + Send;
+
+    /// Every enrolled device (for the in-memory directory).
+    fn devices(&self) -> impl Future<Output = Result<Vec<DeviceRecord>, StoreError>> + Send;
+
+    /// One device by id, revoked or not.
+    fn device(
+        &self,
+        id: &DeviceId,
+    ) -> impl Future<Output = Result<Option<DeviceRecord>, StoreError>> + Send;
+
+    /// One device by its OwnTracks pair.
+    fn device_by_owntracks(
+        &self,
+        user: &str,
+        device: &str,
+    ) -> impl Future<Output = Result<Option<DeviceRecord>, StoreError>> + Send;
+
+    /// Enrolls a device.
+    fn add_device(
+        &self,
+        id: &DeviceId,
+        owntracks: Option<(&str, &str)>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<DeviceRecord, StoreError>> + Send;
+
+    /// Revokes a device: its later messages are refused.
+    fn revoke_device(
+        &self,
+        id: &DeviceId,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Streams enrollment changes into `tx` until cancelled (PostgreSQL:
+    /// LISTEN/NOTIFY), sending [`DirectoryEvent::Resync`] after every
+    /// (re)connect since notifications sent meanwhile are lost.
+    fn watch_devices(
+        &self,
+        tx: mpsc::Sender<DirectoryEvent>,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Cheap reachability check for readiness.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Item rejections and whole-message rejections share one table; this is the
+/// row shape both become.
+#[derive(Debug, Clone)]
+pub(crate) struct RejectionRow {
+    pub received_at: DateTime<Utc>,
+    pub topic: String,
+    pub device_key: Option<i64>,
+    pub device_claim: Option<String>,
+    pub key: Option<MessageKey>,
+    pub item: Option<(ItemKind, u32)>,
+    pub reason: RejectReason,
+    pub detail: String,
+    pub payload: Option<Bytes>,
+}
+
+impl RejectionRow {
+    pub(crate) fn whole(r: &Rejection) -> Self {
+        Self {
+            received_at: r.received_at,
+            topic: r.topic.clone(),
+            device_key: r.device_key,
+            device_claim: r.device_claim.clone(),
+            key: r.key,
+            item: None,
+            reason: r.reason,
+            detail: r.detail.clone(),
+            payload: r.payload.clone(),
+        }
+    }
+
+    pub(crate) fn item(m: &AcceptedMessage, i: &ItemRejection) -> Self {
+        Self {
+            received_at: m.received_at,
+            topic: m.topic.clone(),
+            device_key: Some(m.device_key),
+            device_claim: Some(m.telemetry.device.to_string()),
+            key: Some(m.telemetry.key),
+            item: Some((i.kind, i.index)),
+            reason: i.reason,
+            detail: i.detail.clone(),
+            payload: None,
+        }
+    }
+
+    pub(crate) fn conflict(m: &AcceptedMessage, detail: &str) -> Self {
+        Self {
+            received_at: m.received_at,
+            topic: m.topic.clone(),
+            device_key: Some(m.device_key),
+            device_claim: Some(m.telemetry.device.to_string()),
+            key: Some(m.telemetry.key),
+            item: None,
+            reason: RejectReason::SeqConflict,
+            detail: detail.to_owned(),
+            payload: Some(m.payload.slice(..m.payload.len().min(MAX_STORED_PAYLOAD))),
+        }
+    }
+}

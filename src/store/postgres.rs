@@ -1,0 +1,631 @@
+//! PostgreSQL (and TimescaleDB) implementation of [`Store`].
+//!
+//! A batch is written with a handful of `INSERT ... SELECT FROM UNNEST(...)`
+//! statements in one transaction: one round trip per table regardless of
+//! batch size, and `ON CONFLICT DO NOTHING` keeps every write idempotent.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use sqlx::{PgPool, Row};
+
+use super::{
+    AcceptedMessage, CommitReport, DeviceRecord, Outcome, Prepared, RejectionRow, Store,
+    StoreError,
+};
+use crate::directory::DirectoryEvent;
+use crate::domain::DeviceId;
+
+/// NOTIFY channel the `devices` trigger publishes on (see the migration).
+const DEVICE_CHANNEL: &str = "waypoint_devices";
+
+/// Migrations embedded at build time from `migrations/postgres/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// PostgreSQL store; cheap to clone (shares the pool).
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// Classifies sqlx errors: anything about reaching the server, or a
+/// server-requested retry, is transient; the rest is about the data.
+pub fn classify(e: sqlx::Error) -> StoreError {
+    let transient = match &e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            // 08 connection, 40 rollback (deadlock/serialization), 53 resources,
+            // 57 operator intervention (shutdown), 58 system error.
+            ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|class| c.starts_with(class))
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    };
+    if transient {
+        StoreError::Unavailable(e)
+    } else {
+        StoreError::Refused(e)
+    }
+}
+
+impl PgStore {
+    /// Connects a pool. `max_connections` should cover one per shard plus
+    /// the device directory and readiness checks.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let opts: PgConnectOptions = url.parse().map_err(StoreError::Refused)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts.application_name("waypoint"))
+            .await
+            .map_err(classify)?;
+        Ok(Self { pool })
+    }
+
+    /// Wraps an existing pool (tests, benches).
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool, for components that need PostgreSQL specifics (LISTEN).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn device_from_row(r: &sqlx::postgres::PgRow) -> Result<DeviceRecord, StoreError> {
+    let id: String = r.get("device_id");
+    let user: Option<String> = r.get("owntracks_user");
+    let dev: Option<String> = r.get("owntracks_device");
+    let revoked: Option<DateTime<Utc>> = r.get("revoked_at");
+    Ok(DeviceRecord {
+        key: r.get("device_key"),
+        // The table's CHECK constraint enforces the same rule as DeviceId.
+        id: DeviceId::parse(&id).map_err(|e| StoreError::NotFound(format!("{id:?}: {e}")))?,
+        owntracks: user.zip(dev),
+        revoked: revoked.is_some(),
+    })
+}
+
+const DEVICE_COLUMNS: &str =
+    "device_key, device_id, owntracks_user, owntracks_device, revoked_at FROM devices";
+
+/// Column arrays for one UNNEST insert of fixes; also used by the benchmark
+/// baseline so both measure the same statement.
+#[derive(Default)]
+pub struct FixColumns {
+    device_key: Vec<i64>,
+    fix_time: Vec<DateTime<Utc>>,
+    boot: Vec<i64>,
+    seq: Vec<i64>,
+    idx: Vec<i16>,
+    received_at: Vec<DateTime<Utc>>,
+    lat: Vec<f64>,
+    lon: Vec<f64>,
+    acc: Vec<f32>,
+    alt: Vec<Option<f32>>,
+    speed: Vec<Option<f32>>,
+    heading: Vec<Option<f32>>,
+    src: Vec<&'static str>,
+}
+
+/// The duplicate-safe fix insert.
+pub const INSERT_FIXES: &str = "INSERT INTO fixes (device_key, fix_time, boot, seq, idx, \
+     received_at, lat, lon, acc_m, alt_m, speed_mps, heading_deg, src) \
+     SELECT * FROM UNNEST($1::int8[], $2::timestamptz[], $3::int8[], $4::int8[], $5::int2[], \
+     $6::timestamptz[], $7::float8[], $8::float8[], $9::float4[], $10::float4[], $11::float4[], \
+     $12::float4[], $13::text[]) ON CONFLICT DO NOTHING";
+
+impl FixColumns {
+    /// Appends the fixes of one message.
+    pub fn push_message(&mut self, m: &AcceptedMessage) {
+        let t = &m.telemetry;
+        for (i, f) in t.fixes.iter().enumerate() {
+            self.device_key.push(m.device_key);
+            self.fix_time.push(f.ts);
+            self.boot.push(t.key.boot);
+            self.seq.push(t.key.seq);
+            // Validation caps fixes per message well below i16::MAX.
+            self.idx.push(i as i16);
+            self.received_at.push(m.received_at);
+            self.lat.push(f.lat);
+            self.lon.push(f.lon);
+            self.acc.push(f.acc_m);
+            self.alt.push(f.alt_m);
+            self.speed.push(f.speed_mps);
+            self.heading.push(f.heading_deg);
+            self.src.push(f.src.as_str());
+        }
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.device_key.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.device_key.is_empty()
+    }
+
+    /// Runs [`INSERT_FIXES`] on `conn`; returns rows written.
+    pub async fn insert(
+        &self,
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<u64, sqlx::Error> {
+        let r = sqlx::query(INSERT_FIXES)
+            .bind(&self.device_key)
+            .bind(&self.fix_time)
+            .bind(&self.boot)
+            .bind(&self.seq)
+            .bind(&self.idx)
+            .bind(&self.received_at)
+            .bind(&self.lat)
+            .bind(&self.lon)
+            .bind(&self.acc)
+            .bind(&self.alt)
+            .bind(&self.speed)
+            .bind(&self.heading)
+            .bind(&self.src)
+            .execute(conn)
+            .await?;
+        Ok(r.rows_affected())
+    }
+}
+
+type Key = (i64, i64, i64);
+
+fn key_of(m: &AcceptedMessage) -> Key {
+    (m.device_key, m.telemetry.key.boot, m.telemetry.key.seq)
+}
+
+impl Store for PgStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn commit(&self, batch: &[Prepared]) -> Result<CommitReport, StoreError> {
+        let mut report = CommitReport {
+            outcomes: vec![Outcome::Stored; batch.len()],
+            ..Default::default()
+        };
+        let mut rejections: Vec<RejectionRow> = Vec::new();
+
+        // 1. De-duplicate inside the batch: the first copy of a key is the
+        //    candidate; later copies are duplicates or conflicts of it.
+        let mut first: HashMap<Key, usize> = HashMap::new();
+        let mut candidates: Vec<usize> = Vec::new();
+        for (i, p) in batch.iter().enumerate() {
+            match p {
+                Prepared::Rejected(r) => {
+                    report.outcomes[i] = Outcome::Rejected;
+                    rejections.push(RejectionRow::whole(r));
+                }
+                Prepared::Accepted(m) => match first.get(&key_of(m)) {
+                    None => {
+                        first.insert(key_of(m), i);
+                        candidates.push(i);
+                    }
+                    Some(&j) => {
+                        let Prepared::Accepted(earlier) = &batch[j] else {
+                            unreachable!("only accepted messages are indexed")
+                        };
+                        if earlier.digest == m.digest {
+                            report.outcomes[i] = Outcome::Duplicate;
+                        } else {
+                            report.outcomes[i] = Outcome::Conflict;
+                            rejections.push(RejectionRow::conflict(
+                                m,
+                                "same (device, boot, seq) as an earlier message with other content",
+                            ));
+                        }
+                    }
+                },
+            }
+        }
+        let accepted = |i: usize| match &batch[i] {
+            Prepared::Accepted(m) => m.as_ref(),
+            Prepared::Rejected(_) => unreachable!("candidates are accepted messages"),
+        };
+
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+
+        // 2. Claim keys in the ledger; what comes back is new.
+        let mut new_keys: HashSet<Key> = HashSet::new();
+        if !candidates.is_empty() {
+            let (mut dk, mut bt, mut sq, mut dg, mut rc, mut fc) =
+                (vec![], vec![], vec![], vec![], vec![], vec![]);
+            for &i in &candidates {
+                let m = accepted(i);
+                dk.push(m.device_key);
+                bt.push(m.telemetry.key.boot);
+                sq.push(m.telemetry.key.seq);
+                dg.push(m.digest.to_vec());
+                rc.push(m.received_at);
+                fc.push(m.telemetry.fixes.len() as i32);
+            }
+            let rows = sqlx::query(
+                "INSERT INTO messages (device_key, boot, seq, digest, received_at, fix_count) \
+                 SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::bytea[], \
+                 $5::timestamptz[], $6::int4[]) ON CONFLICT DO NOTHING \
+                 RETURNING device_key, boot, seq",
+            )
+            .bind(&dk)
+            .bind(&bt)
+            .bind(&sq)
+            .bind(&dg)
+            .bind(&rc)
+            .bind(&fc)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?;
+            for r in rows {
+                new_keys.insert((r.get(0), r.get(1), r.get(2)));
+            }
+        }
+
+        // 3. Keys already in the ledger: same digest is a redelivery, another
+        //    digest a seq_conflict. Only runs when redeliveries happen.
+        let old: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|&i| !new_keys.contains(&key_of(accepted(i))))
+            .collect();
+        if !old.is_empty() {
+            let (mut dk, mut bt, mut sq) = (vec![], vec![], vec![]);
+            for &i in &old {
+                let (d, b, s) = key_of(accepted(i));
+                dk.push(d);
+                bt.push(b);
+                sq.push(s);
+            }
+            let rows = sqlx::query(
+                "SELECT m.device_key, m.boot, m.seq, m.digest FROM messages m \
+                 JOIN UNNEST($1::int8[], $2::int8[], $3::int8[]) AS k(device_key, boot, seq) \
+                 USING (device_key, boot, seq)",
+            )
+            .bind(&dk)
+            .bind(&bt)
+            .bind(&sq)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?;
+            let stored: HashMap<Key, Vec<u8>> = rows
+                .into_iter()
+                .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3)))
+                .collect();
+            for &i in &old {
+                let m = accepted(i);
+                if stored.get(&key_of(m)).is_some_and(|d| d[..] == m.digest[..]) {
+                    report.outcomes[i] = Outcome::Duplicate;
+                } else {
+                    report.outcomes[i] = Outcome::Conflict;
+                    rejections.push(RejectionRow::conflict(
+                        m,
+                        "same (device, boot, seq) already stored with other content",
+                    ));
+                }
+            }
+        }
+
+        // 4. Content of new messages.
+        let fresh: Vec<&AcceptedMessage> = candidates
+            .iter()
+            .filter(|&&i| report.outcomes[i] == Outcome::Stored)
+            .map(|&i| accepted(i))
+            .collect();
+        let mut fixes = FixColumns::default();
+        for m in &fresh {
+            fixes.push_message(m);
+            rejections.extend(m.item_rejections.iter().map(|r| RejectionRow::item(m, r)));
+        }
+        if !fixes.is_empty() {
+            report.fixes_stored = fixes.insert(&mut tx).await.map_err(classify)?;
+        }
+        insert_events(&mut tx, &fresh).await?;
+        upsert_status(&mut tx, &fresh).await?;
+        insert_rejections(&mut tx, &rejections).await?;
+
+        tx.commit().await.map_err(classify)?;
+        for r in &rejections {
+            *report.rejections.entry(r.reason).or_default() += 1;
+        }
+        Ok(report)
+    }
+
+    async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {DEVICE_COLUMNS}"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    async fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {DEVICE_COLUMNS} WHERE device_id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    async fn device_by_owntracks(
+        &self,
+        user: &str,
+        device: &str,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {DEVICE_COLUMNS} WHERE owntracks_user = $1 AND owntracks_device = $2"
+        ))
+        .bind(user)
+        .bind(device)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    async fn add_device(
+        &self,
+        id: &DeviceId,
+        owntracks: Option<(&str, &str)>,
+        now: DateTime<Utc>,
+    ) -> Result<DeviceRecord, StoreError> {
+        let row = sqlx::query(&format!(
+            "INSERT INTO devices (device_id, owntracks_user, owntracks_device, enrolled_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING {}",
+            DEVICE_COLUMNS.trim_end_matches(" FROM devices")
+        ))
+        .bind(id.as_str())
+        .bind(owntracks.map(|o| o.0))
+        .bind(owntracks.map(|o| o.1))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        match row {
+            Some(r) => device_from_row(&r),
+            None => Err(StoreError::AlreadyExists(format!(
+                "device {id} or its OwnTracks pair is already enrolled"
+            ))),
+        }
+    }
+
+    async fn revoke_device(&self, id: &DeviceId, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let r = sqlx::query(
+            "UPDATE devices SET revoked_at = $2 WHERE device_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "no enrolled, unrevoked device {id}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn watch_devices(&self, tx: mpsc::Sender<DirectoryEvent>, cancel: CancellationToken) {
+        let pause = || async {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        };
+        while !cancel.is_cancelled() {
+            let mut listener = match PgListener::connect_with(&self.pool).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "device LISTEN connection failed; retrying");
+                    pause().await;
+                    continue;
+                }
+            };
+            if let Err(e) = listener.listen(DEVICE_CHANNEL).await {
+                tracing::warn!(error = %e, "LISTEN failed; retrying");
+                pause().await;
+                continue;
+            }
+            if tx.send(DirectoryEvent::Resync).await.is_err() {
+                return;
+            }
+            loop {
+                let n = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    n = listener.try_recv() => n,
+                };
+                let ev = match n {
+                    Ok(Some(n)) => DirectoryEvent::Changed(n.payload().to_owned()),
+                    // Connection lost; the listener reconnects on the next
+                    // call, and whatever was sent meanwhile is gone.
+                    Ok(None) => DirectoryEvent::Resync,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "device LISTEN failed; reconnecting");
+                        break;
+                    }
+                };
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+            pause().await;
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}
+
+async fn insert_events(
+    conn: &mut sqlx::PgConnection,
+    fresh: &[&AcceptedMessage],
+) -> Result<(), StoreError> {
+    let (mut dk, mut ts, mut bt, mut sq, mut ix, mut kind, mut rc) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for m in fresh {
+        for (i, e) in m.telemetry.events.iter().enumerate() {
+            dk.push(m.device_key);
+            ts.push(e.ts);
+            bt.push(m.telemetry.key.boot);
+            sq.push(m.telemetry.key.seq);
+            ix.push(i as i16);
+            kind.push(e.kind.as_str());
+            rc.push(m.received_at);
+        }
+    }
+    if dk.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO device_events (device_key, event_time, boot, seq, idx, kind, received_at) \
+         SELECT * FROM UNNEST($1::int8[], $2::timestamptz[], $3::int8[], $4::int8[], \
+         $5::int2[], $6::text[], $7::timestamptz[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(&dk)
+    .bind(&ts)
+    .bind(&bt)
+    .bind(&sq)
+    .bind(&ix)
+    .bind(&kind)
+    .bind(&rc)
+    .execute(conn)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+async fn upsert_status(
+    conn: &mut sqlx::PgConnection,
+    fresh: &[&AcceptedMessage],
+) -> Result<(), StoreError> {
+    // ON CONFLICT DO UPDATE refuses to touch one row twice in a statement, so
+    // keep the newest status per device; rows are sorted by key so concurrent
+    // shards lock devices in the same order and cannot deadlock.
+    let mut latest: HashMap<i64, &AcceptedMessage> = HashMap::new();
+    for m in fresh.iter().filter(|m| m.telemetry.status.is_some()) {
+        let e = latest.entry(m.device_key).or_insert(m);
+        if m.telemetry.key > e.telemetry.key {
+            *e = m;
+        }
+    }
+    if latest.is_empty() {
+        return Ok(());
+    }
+    let mut rows: Vec<&AcceptedMessage> = latest.into_values().collect();
+    rows.sort_by_key(|m| m.device_key);
+    let (mut dk, mut bt, mut sq, mut rc) = (vec![], vec![], vec![], vec![]);
+    let (mut bat, mut chg, mut strap, mut bcn, mut rssi, mut fw) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for m in rows {
+        let s = m.telemetry.status.as_ref().expect("filtered on status");
+        dk.push(m.device_key);
+        bt.push(m.telemetry.key.boot);
+        sq.push(m.telemetry.key.seq);
+        rc.push(m.received_at);
+        bat.push(s.battery_pct.map(i16::from));
+        chg.push(s.charging);
+        strap.push(s.strap.map(|x| x.as_str()));
+        bcn.push(s.beacon);
+        rssi.push(s.rssi_dbm);
+        fw.push(s.firmware.as_deref());
+    }
+    sqlx::query(
+        "INSERT INTO device_status AS s (device_key, boot, seq, received_at, battery_pct, \
+         charging, strap, beacon, rssi_dbm, firmware) \
+         SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::timestamptz[], \
+         $5::int2[], $6::bool[], $7::text[], $8::bool[], $9::int2[], $10::text[]) \
+         ON CONFLICT (device_key) DO UPDATE SET boot = EXCLUDED.boot, seq = EXCLUDED.seq, \
+         received_at = EXCLUDED.received_at, battery_pct = EXCLUDED.battery_pct, \
+         charging = EXCLUDED.charging, strap = EXCLUDED.strap, beacon = EXCLUDED.beacon, \
+         rssi_dbm = EXCLUDED.rssi_dbm, firmware = EXCLUDED.firmware \
+         WHERE (s.boot, s.seq) < (EXCLUDED.boot, EXCLUDED.seq)",
+    )
+    .bind(&dk)
+    .bind(&bt)
+    .bind(&sq)
+    .bind(&rc)
+    .bind(&bat)
+    .bind(&chg)
+    .bind(&strap)
+    .bind(&bcn)
+    .bind(&rssi)
+    .bind(&fw)
+    .execute(conn)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+async fn insert_rejections(
+    conn: &mut sqlx::PgConnection,
+    rows: &[RejectionRow],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut rc = vec![];
+    let mut topic = vec![];
+    let mut dk = vec![];
+    let mut claim = vec![];
+    let mut bt = vec![];
+    let mut sq = vec![];
+    let mut ik = vec![];
+    let mut ix = vec![];
+    let mut reason = vec![];
+    let mut detail = vec![];
+    let mut payload: Vec<Option<&[u8]>> = vec![];
+    for r in rows {
+        rc.push(r.received_at);
+        topic.push(r.topic.as_str());
+        dk.push(r.device_key);
+        claim.push(r.device_claim.as_deref());
+        bt.push(r.key.map(|k| k.boot));
+        sq.push(r.key.map(|k| k.seq));
+        ik.push(r.item.map(|(k, _)| k.as_str()));
+        ix.push(r.item.map(|(_, i)| i as i32));
+        reason.push(r.reason.as_str());
+        detail.push(r.detail.as_str());
+        payload.push(r.payload.as_deref());
+    }
+    sqlx::query(
+        "INSERT INTO rejected_messages (received_at, topic, device_key, device_claim, boot, seq, \
+         item_kind, item_index, reason, detail, payload) \
+         SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::int8[], $4::text[], $5::int8[], \
+         $6::int8[], $7::text[], $8::int4[], $9::text[], $10::text[], $11::bytea[])",
+    )
+    .bind(&rc)
+    .bind(&topic)
+    .bind(&dk)
+    .bind(&claim)
+    .bind(&bt)
+    .bind(&sq)
+    .bind(&ik)
+    .bind(&ix)
+    .bind(&reason)
+    .bind(&detail)
+    .bind(&payload)
+    .execute(conn)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
