@@ -82,14 +82,22 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub db: DbArgs,
     /// Broker URL, `mqtt://[user:pass@]host[:port]`.
-    #[arg(long, env = "WAYPOINT_MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
+    #[arg(
+        long,
+        env = "WAYPOINT_MQTT_URL",
+        default_value = "mqtt://127.0.0.1:1883"
+    )]
     pub mqtt_url: String,
     /// HTTP listen address for /metrics, /healthz, /readyz.
     #[arg(long, env = "WAYPOINT_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
     /// MQTT client id: unique per server instance, stable across restarts
     /// (the broker keeps this instance's session under it).
-    #[arg(long, env = "WAYPOINT_MQTT_CLIENT_ID", default_value = "waypoint-ingest-1")]
+    #[arg(
+        long,
+        env = "WAYPOINT_MQTT_CLIENT_ID",
+        default_value = "waypoint-ingest-1"
+    )]
     pub mqtt_client_id: String,
     /// Prefix before every topic (empty, or ending in `/`).
     #[arg(long, env = "WAYPOINT_TOPIC_PREFIX", default_value = "")]
@@ -222,9 +230,13 @@ mod tests {
 
     #[test]
     fn bad_values_get_clear_errors() {
-        assert!(args(&["--topic-prefix", "x"]).unwrap_err().contains("end in '/'"));
+        assert!(args(&["--topic-prefix", "x"])
+            .unwrap_err()
+            .contains("end in '/'"));
         assert!(args(&["--shards", "0"]).unwrap_err().contains("shards"));
-        assert!(args(&["--mqtt-url", "http://x"]).unwrap_err().contains("scheme"));
+        assert!(args(&["--mqtt-url", "http://x"])
+            .unwrap_err()
+            .contains("scheme"));
         assert!(args(&["--http-addr", "nope"]).is_err());
     }
 }

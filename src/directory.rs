@@ -115,7 +115,13 @@ impl<S: Store> Directory<S> {
 
     /// The device with this id, if enrolled (revoked devices included).
     pub async fn by_id(&self, id: &DeviceId) -> Result<Option<Arc<DeviceRecord>>, StoreError> {
-        if let Some(d) = self.maps.read().expect("directory lock poisoned").by_id.get(id.as_str()) {
+        if let Some(d) = self
+            .maps
+            .read()
+            .expect("directory lock poisoned")
+            .by_id
+            .get(id.as_str())
+        {
             return Ok(Some(d.clone()));
         }
         if self.recently_missed(id.as_str()) {
@@ -144,7 +150,13 @@ impl<S: Store> Directory<S> {
         device: &str,
     ) -> Result<Option<Arc<DeviceRecord>>, StoreError> {
         let pair = (user.to_owned(), device.to_owned());
-        if let Some(d) = self.maps.read().expect("directory lock poisoned").by_owntracks.get(&pair) {
+        if let Some(d) = self
+            .maps
+            .read()
+            .expect("directory lock poisoned")
+            .by_owntracks
+            .get(&pair)
+        {
             return Ok(Some(d.clone()));
         }
         let miss_key = format!("owntracks/{user}/{device}");
@@ -169,7 +181,11 @@ impl<S: Store> Directory<S> {
     /// Applies change events until cancelled. Errors while reloading are
     /// retried on the next event; a resync is requested by the store after
     /// any reconnect.
-    pub async fn follow(self: Arc<Self>, mut rx: mpsc::Receiver<DirectoryEvent>, cancel: CancellationToken) {
+    pub async fn follow(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<DirectoryEvent>,
+        cancel: CancellationToken,
+    ) {
         loop {
             let ev = tokio::select! {
                 _ = cancel.cancelled() => return,

@@ -89,7 +89,9 @@ async fn devices(cmd: DevicesCmd) -> anyhow::Result<()> {
             store.revoke_device(&id, now).await?;
             println!("revoked device {id}; its messages are now refused as device_revoked");
             println!("remove its broker credential too:");
-            println!("  mosquitto_passwd -D /etc/mosquitto/passwd {id} && kill -HUP $(pidof mosquitto)");
+            println!(
+                "  mosquitto_passwd -D /etc/mosquitto/passwd {id} && kill -HUP $(pidof mosquitto)"
+            );
             println!("  # or, with the dynamic-security plugin:");
             println!("  mosquitto_ctrl dynsec deleteClient {id}");
         }
@@ -123,7 +125,9 @@ fn print_credential_help(id: &DeviceId, owntracks: Option<(&str, &str)>) -> anyh
     println!("  mosquitto_passwd -b /etc/mosquitto/passwd {user} {secret} && kill -HUP $(pidof mosquitto)");
     println!("  # or, with the dynamic-security plugin:");
     println!("  mosquitto_ctrl dynsec createClient {user} -p {secret} && mosquitto_ctrl dynsec addClientRole {user} device");
-    println!("provision the device with username {user:?} and this password; it is shown only once.");
+    println!(
+        "provision the device with username {user:?} and this password; it is shown only once."
+    );
     Ok(())
 }
 

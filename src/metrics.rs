@@ -88,20 +88,72 @@ impl Metrics {
             qos0_dropped: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("messages_received", "MQTT publishes received", m.messages_received.clone());
-        registry.register("messages_acked", "PUBACKs sent after commit", m.messages_acked.clone());
-        registry.register("messages_duplicate", "Redelivered or repeated messages already stored", m.messages_duplicate.clone());
+        registry.register(
+            "messages_received",
+            "MQTT publishes received",
+            m.messages_received.clone(),
+        );
+        registry.register(
+            "messages_acked",
+            "PUBACKs sent after commit",
+            m.messages_acked.clone(),
+        );
+        registry.register(
+            "messages_duplicate",
+            "Redelivered or repeated messages already stored",
+            m.messages_duplicate.clone(),
+        );
         registry.register("fixes_stored", "Fix rows committed", m.fixes_stored.clone());
-        registry.register("messages_rejected", "Rejections recorded, by reason", m.rejected.clone());
-        registry.register("commit_seconds", "Batch commit latency", m.commit_seconds.clone());
-        registry.register("batch_messages", "Messages per committed batch", m.batch_messages.clone());
-        registry.register("fix_lag_seconds", "Receive time minus fix time", m.fix_lag_seconds.clone());
-        registry.register("queue_depth", "Items waiting in bounded queues", m.queue_depth.clone());
-        registry.register("oldest_unacked_seconds", "Age of the oldest unacknowledged message", m.oldest_unacked_seconds.clone());
-        registry.register("store_retries", "Transient commit failures retried", m.store_retries.clone());
-        registry.register("mqtt_connected", "1 while connected to the broker", m.mqtt_connected.clone());
-        registry.register("mqtt_connects", "Broker connections established", m.mqtt_connects.clone());
-        registry.register("qos0_dropped", "QoS 0 publishes dropped on a full queue", m.qos0_dropped.clone());
+        registry.register(
+            "messages_rejected",
+            "Rejections recorded, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Batch commit latency",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "batch_messages",
+            "Messages per committed batch",
+            m.batch_messages.clone(),
+        );
+        registry.register(
+            "fix_lag_seconds",
+            "Receive time minus fix time",
+            m.fix_lag_seconds.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Items waiting in bounded queues",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "oldest_unacked_seconds",
+            "Age of the oldest unacknowledged message",
+            m.oldest_unacked_seconds.clone(),
+        );
+        registry.register(
+            "store_retries",
+            "Transient commit failures retried",
+            m.store_retries.clone(),
+        );
+        registry.register(
+            "mqtt_connected",
+            "1 while connected to the broker",
+            m.mqtt_connected.clone(),
+        );
+        registry.register(
+            "mqtt_connects",
+            "Broker connections established",
+            m.mqtt_connects.clone(),
+        );
+        registry.register(
+            "qos0_dropped",
+            "QoS 0 publishes dropped on a full queue",
+            m.qos0_dropped.clone(),
+        );
         // Pre-create every reason so dashboards see zeros, not gaps.
         for r in RejectReason::ALL {
             let _ = m.rejected.get_or_create(&reason(r));

@@ -1,1 +1,4 @@
-fn main() { eprintln!("firmware-sim: not yet implemented; see the simulator issue"); std::process::exit(2); }
+fn main() {
+    eprintln!("firmware-sim: not yet implemented; see the simulator issue");
+    std::process::exit(2);
+}

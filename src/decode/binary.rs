@@ -201,7 +201,9 @@ pub fn encode(m: &WireMessage) -> Vec<u8> {
             charging: s.charging,
             strap: s.strap.as_deref().map(|x| if x == "open" { 2 } else { 1 }),
             beacon: s.beacon,
-            rssi: s.rssi.map(|r| r.clamp(i32::MIN as i64, i32::MAX as i64) as i32),
+            rssi: s
+                .rssi
+                .map(|r| r.clamp(i32::MIN as i64, i32::MAX as i64) as i32),
             fw: s.fw.clone(),
         }),
         events: m
@@ -262,7 +264,11 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
-        for p in [&[0xffu8, 0xff, 0xff][..], &[0x0a, 0xff, 0x01], &[0x2a, 0x80]] {
+        for p in [
+            &[0xffu8, 0xff, 0xff][..],
+            &[0x0a, 0xff, 0x01],
+            &[0x2a, 0x80],
+        ] {
             assert_eq!(decode(p).unwrap_err().reason, RejectReason::MalformedBinary);
         }
         // A valid protobuf with another version.
@@ -271,6 +277,9 @@ mod tests {
             ..Default::default()
         }
         .encode_to_vec();
-        assert_eq!(decode(&v2).unwrap_err().reason, RejectReason::UnsupportedVersion);
+        assert_eq!(
+            decode(&v2).unwrap_err().reason,
+            RejectReason::UnsupportedVersion
+        );
     }
 }

@@ -170,7 +170,10 @@ mod tests {
     fn refusals_have_reasons() {
         let r = |p: &[u8]| decode(p).unwrap_err().reason;
         assert_eq!(r(b"{not json"), RejectReason::MalformedJson);
-        assert_eq!(r(br#"{"v":2,"whatever":true}"#), RejectReason::UnsupportedVersion);
+        assert_eq!(
+            r(br#"{"v":2,"whatever":true}"#),
+            RejectReason::UnsupportedVersion
+        );
         assert_eq!(
             r(br#"{"v":2,"device":"d","boot":0,"seq":0}"#),
             RejectReason::UnsupportedVersion

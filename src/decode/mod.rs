@@ -52,7 +52,10 @@ pub fn decode_native(payload: &[u8]) -> Result<WireMessage, DecodeError> {
     match first {
         Some(b'{') => json::decode(payload),
         Some(_) => binary::decode(payload),
-        None => Err(DecodeError::new(RejectReason::MalformedJson, "empty payload")),
+        None => Err(DecodeError::new(
+            RejectReason::MalformedJson,
+            "empty payload",
+        )),
     }
 }
 

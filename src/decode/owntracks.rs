@@ -56,9 +56,10 @@ pub fn decode(payload: &[u8]) -> Result<WireMessage, DecodeError> {
     }
     let l: Location = serde_json::from_slice(payload)
         .map_err(|e| DecodeError::new(RejectReason::MalformedJson, e.to_string()))?;
-    let ts_ms = l.tst.checked_mul(1000).ok_or_else(|| {
-        DecodeError::new(RejectReason::TimestampOutOfRange, "tst overflows")
-    })?;
+    let ts_ms = l
+        .tst
+        .checked_mul(1000)
+        .ok_or_else(|| DecodeError::new(RejectReason::TimestampOutOfRange, "tst overflows"))?;
     let status = (l.batt.is_some() || l.bs.is_some()).then(|| WireStatus {
         battery: l.batt,
         charging: l.bs.and_then(|bs| match bs {

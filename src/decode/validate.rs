@@ -98,12 +98,7 @@ fn timestamp(ts_ms: i64, now: DateTime<Utc>) -> Result<DateTime<Utc>, Refusal> {
     Ok(ts)
 }
 
-fn optional_in(
-    name: &str,
-    v: Option<f64>,
-    lo: f64,
-    hi: f64,
-) -> Result<Option<f32>, Refusal> {
+fn optional_in(name: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<Option<f32>, Refusal> {
     match v {
         Some(x) if !(x.is_finite() && (lo..=hi).contains(&x)) => Err((
             RejectReason::InvalidField,
@@ -115,10 +110,10 @@ fn optional_in(
 
 fn fix(f: &WireFix, now: DateTime<Utc>) -> Result<Fix, Refusal> {
     // Coordinates are never echoed in the detail: it can reach logs.
-    if !(f.lat.is_finite() && f.lon.is_finite())
-        || !(-90.0..=90.0).contains(&f.lat)
-        || !(-180.0..=180.0).contains(&f.lon)
-    {
+    // `contains` is false for NaN, so this also refuses NaN and infinities.
+    let lat_ok = (-90.0..=90.0).contains(&f.lat);
+    let lon_ok = (-180.0..=180.0).contains(&f.lon);
+    if !(lat_ok && lon_ok) {
         return Err((
             RejectReason::InvalidCoordinates,
             "lat must be in [-90, 90] and lon in [-180, 180]".into(),
@@ -241,7 +236,11 @@ mod tests {
             events: vec![],
         };
         let v = validate(wire, DeviceId::parse("d").unwrap(), now());
-        assert_eq!(v.telemetry.fixes.len(), 2, "the good fix and the one exactly 5 min ahead");
+        assert_eq!(
+            v.telemetry.fixes.len(),
+            2,
+            "the good fix and the one exactly 5 min ahead"
+        );
         let reasons: Vec<_> = v.rejections.iter().map(|r| (r.index, r.reason)).collect();
         use RejectReason::*;
         assert_eq!(

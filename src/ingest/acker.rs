@@ -185,7 +185,9 @@ mod tests {
         let now = Instant::now();
         let mut q = AckQueue::default();
         q.new_epoch();
-        let t: Vec<_> = (1..=4).map(|p| q.register(p, QoS::AtLeastOnce, now)).collect();
+        let t: Vec<_> = (1..=4)
+            .map(|p| q.register(p, QoS::AtLeastOnce, now))
+            .collect();
         // Later messages committed first: nothing may be released yet.
         assert!(q.commit(&[t[2], t[1]]).is_empty());
         let ready: Vec<u16> = q.commit(&[t[0]]).iter().map(|a| a.pkid).collect();

@@ -51,8 +51,11 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
 }
 
+/// Broker address parsed from a URL: host, port, optional credentials.
+pub type BrokerAddr = (String, u16, Option<(String, String)>);
+
 /// Parses `mqtt://[user:pass@]host[:port]`.
-pub fn parse_url(url: &str) -> Result<(String, u16, Option<(String, String)>), String> {
+pub fn parse_url(url: &str) -> Result<BrokerAddr, String> {
     let u = url::Url::parse(url).map_err(|e| format!("invalid MQTT URL {url:?}: {e}"))?;
     if !matches!(u.scheme(), "mqtt" | "tcp") {
         return Err(format!(
@@ -161,7 +164,11 @@ impl Source {
                     metrics.mqtt_connected.set(1);
                     metrics.mqtt_connects.inc();
                     backoff = Duration::from_millis(100);
-                    tracing::info!(session_present = ca.session_present, epoch, "connected to broker");
+                    tracing::info!(
+                        session_present = ca.session_present,
+                        epoch,
+                        "connected to broker"
+                    );
                     for f in &filters {
                         if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
                             tracing::error!(error = %e, "subscribe request failed");
@@ -177,9 +184,11 @@ impl Source {
                     metrics.messages_received.inc();
                     let topic = String::from_utf8_lossy(&p.topic).into_owned();
                     let ticket = (p.qos != QoS::AtMostOnce).then(|| {
-                        acks.lock()
-                            .expect("ack queue poisoned")
-                            .register(p.pkid, p.qos, tokio::time::Instant::now())
+                        acks.lock().expect("ack queue poisoned").register(
+                            p.pkid,
+                            p.qos,
+                            tokio::time::Instant::now(),
+                        )
                     });
                     let inc = Incoming {
                         topic,
@@ -196,7 +205,9 @@ impl Source {
                             // Only a broker ignoring Receive Maximum gets here.
                             // The message stays unacked (acks stall behind it)
                             // until a reconnect, when the broker redelivers.
-                            tracing::error!("shard queue full despite Receive Maximum; reconnecting");
+                            tracing::error!(
+                                "shard queue full despite Receive Maximum; reconnecting"
+                            );
                             let _ = client.try_disconnect();
                         }
                         Err(TrySendError::Closed(_)) => break,
@@ -238,7 +249,10 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(parse_url("mqtt://127.0.0.1:1884").unwrap(), ("127.0.0.1".into(), 1884, None));
+        assert_eq!(
+            parse_url("mqtt://127.0.0.1:1884").unwrap(),
+            ("127.0.0.1".into(), 1884, None)
+        );
         assert_eq!(
             parse_url("mqtt://u:p@broker").unwrap(),
             ("broker".into(), 1883, Some(("u".into(), "p".into())))

@@ -34,11 +34,20 @@ pub fn route<'a>(topic: &'a str, prefix: &str) -> Route<'a> {
         return Route::Unknown;
     };
     let mut parts = rest.split('/');
-    match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
         (Some("em"), Some("v1"), Some("devices"), Some(d), Some("telemetry"), None) => {
             Route::Native(d)
         }
-        (Some("owntracks"), Some(u), Some(d), None, None, None) if !u.is_empty() && !d.is_empty() => {
+        (Some("owntracks"), Some(u), Some(d), None, None, None)
+            if !u.is_empty() && !d.is_empty() =>
+        {
             Route::OwnTracks(u, d)
         }
         _ => Route::Unknown,
@@ -61,10 +70,19 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route("em/v1/devices/dev-1/telemetry", ""), Route::Native("dev-1"));
-        assert_eq!(route("t1/em/v1/devices/d/telemetry", "t1/"), Route::Native("d"));
+        assert_eq!(
+            route("em/v1/devices/dev-1/telemetry", ""),
+            Route::Native("dev-1")
+        );
+        assert_eq!(
+            route("t1/em/v1/devices/d/telemetry", "t1/"),
+            Route::Native("d")
+        );
         assert_eq!(route("em/v1/devices/d/telemetry", "t1/"), Route::Unknown);
-        assert_eq!(route("owntracks/alice/phone", ""), Route::OwnTracks("alice", "phone"));
+        assert_eq!(
+            route("owntracks/alice/phone", ""),
+            Route::OwnTracks("alice", "phone")
+        );
         assert_eq!(route("owntracks/alice/phone/event", ""), Route::Unknown);
         assert_eq!(route("em/v1/devices/a/b/telemetry", ""), Route::Unknown);
         assert_eq!(native_topic("p/", "d"), "p/em/v1/devices/d/telemetry");

@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{PgPool, Row};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use sqlx::{PgPool, Row};
 
 use super::{
-    AcceptedMessage, CommitReport, DeviceRecord, Outcome, Prepared, RejectionRow, Store,
-    StoreError,
+    AcceptedMessage, CommitReport, DeviceRecord, Outcome, Prepared, RejectionRow, Store, StoreError,
 };
 use crate::directory::DirectoryEvent;
 use crate::domain::DeviceId;
@@ -159,10 +158,7 @@ impl FixColumns {
     }
 
     /// Runs [`INSERT_FIXES`] on `conn`; returns rows written.
-    pub async fn insert(
-        &self,
-        conn: &mut sqlx::PgConnection,
-    ) -> Result<u64, sqlx::Error> {
+    pub async fn insert(&self, conn: &mut sqlx::PgConnection) -> Result<u64, sqlx::Error> {
         let r = sqlx::query(INSERT_FIXES)
             .bind(&self.device_key)
             .bind(&self.fix_time)
@@ -307,7 +303,10 @@ impl Store for PgStore {
                 .collect();
             for &i in &old {
                 let m = accepted(i);
-                if stored.get(&key_of(m)).is_some_and(|d| d[..] == m.digest[..]) {
+                if stored
+                    .get(&key_of(m))
+                    .is_some_and(|d| d[..] == m.digest[..])
+                {
                     report.outcomes[i] = Outcome::Duplicate;
                 } else {
                     report.outcomes[i] = Outcome::Conflict;

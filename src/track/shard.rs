@@ -90,8 +90,10 @@ pub async fn run_shard<S: Store>(
                 batch.items.push(p);
                 batch.tickets.extend(inc.ticket);
                 batch.deadline.get_or_insert_with(|| Instant::now() + cfg.max_delay);
-                if batch.fixes >= cfg.max_batch_fixes || batch.items.len() >= cfg.max_batch_fixes {
-                    if !flush(&ctx, &mut batch).await { return }
+                let full = batch.fixes >= cfg.max_batch_fixes
+                    || batch.items.len() >= cfg.max_batch_fixes;
+                if full && !flush(&ctx, &mut batch).await {
+                    return;
                 }
                 ctx.metrics.set_depth(&name, rx.len());
             }
@@ -139,8 +141,13 @@ async fn flush<S: Store>(ctx: &ShardContext<S>, batch: &mut Batch) -> bool {
     m.commit_seconds.observe(started.elapsed().as_secs_f64());
     m.batch_messages.observe(report.outcomes.len() as f64);
     m.fixes_stored.inc_by(report.fixes_stored);
-    m.messages_duplicate
-        .inc_by(report.outcomes.iter().filter(|o| **o == Outcome::Duplicate).count() as u64);
+    m.messages_duplicate.inc_by(
+        report
+            .outcomes
+            .iter()
+            .filter(|o| **o == Outcome::Duplicate)
+            .count() as u64,
+    );
     for (r, n) in &report.rejections {
         m.reject(*r, *n);
     }
