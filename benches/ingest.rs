@@ -1,1 +1,359 @@
-fn main() {}
+//! Ingest throughput: the pipeline (decode → shard → batch → durable commit
+//! to local PostgreSQL, no broker) against a baseline that inserts the same
+//! fix rows with the same duplicate-safe UNNEST statement straight from
+//! memory, in the same process, interleaved so machine noise hits both.
+//!
+//! Run: `cargo bench --bench ingest` (env: WAYPOINT_BENCH_DATABASE_URL,
+//! default postgres://postgres@127.0.0.1:5432/postgres for the admin
+//! connection; a scratch database is created and dropped).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sqlx::{Connection, Executor, PgPool};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use waypoint::clock::{Clock, SystemClock};
+use waypoint::decode::{self, binary, WireFix, WireMessage};
+use waypoint::directory::Directory;
+use waypoint::domain::{DeviceId, MessageKey};
+use waypoint::ingest::acker::AckQueue;
+use waypoint::ingest::topic::native_topic;
+use waypoint::ingest::Incoming;
+use waypoint::metrics::Metrics;
+use waypoint::store::postgres::{FixColumns, PgStore};
+use waypoint::store::{AcceptedMessage, Store};
+use waypoint::track::{run_shard, PrepareConfig, ShardConfig, ShardContext, ShardRouter};
+
+const DEVICES: usize = 1_000;
+const TOTAL_FIXES: usize = 300_000;
+const BATCH_FIXES: usize = 1_000;
+const SHARDS: usize = 4;
+
+struct Workload {
+    label: &'static str,
+    fixes_per_msg: usize,
+    binary: bool,
+}
+
+fn payloads(w: &Workload) -> Vec<(String, Bytes)> {
+    let msgs = TOTAL_FIXES / w.fixes_per_msg;
+    let t0 = SystemClock.now().timestamp_millis() - 3_600_000;
+    (0..msgs)
+        .map(|i| {
+            let dev = format!("bench-{}", i % DEVICES);
+            let seq = (i / DEVICES) as i64;
+            let m = WireMessage {
+                device: Some(dev.clone()),
+                key: MessageKey { boot: 1, seq },
+                fixes: (0..w.fixes_per_msg)
+                    .map(|k| WireFix {
+                        ts_ms: t0 + seq * 10_000 + k as i64 * 100,
+                        lat: 51.5 + (i % 997) as f64 * 1e-4,
+                        lon: -0.12 + k as f64 * 1e-5,
+                        acc: 6.5,
+                        alt: None,
+                        speed: Some(1.2),
+                        heading: None,
+                        src: Some("gnss".into()),
+                    })
+                    .collect(),
+                status: Some(decode::WireStatus {
+                    battery: Some(80),
+                    charging: Some(false),
+                    strap: Some("closed".into()),
+                    beacon: Some(false),
+                    rssi: None,
+                    fw: None,
+                }),
+                events: vec![],
+            };
+            let body = if w.binary {
+                binary::encode(&m)
+            } else {
+                json_of(&m)
+            };
+            (native_topic("", &dev), Bytes::from(body))
+        })
+        .collect()
+}
+
+fn json_of(m: &WireMessage) -> Vec<u8> {
+    let fixes: Vec<String> = m
+        .fixes
+        .iter()
+        .map(|f| {
+            format!(
+                r#"{{"ts":{},"lat":{:.7},"lon":{:.7},"acc":{},"spd":1.2,"src":"gnss"}}"#,
+                f.ts_ms, f.lat, f.lon, f.acc
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"v":1,"device":"{}","boot":{},"seq":{},"fixes":[{}],"status":{{"battery":80,"charging":false,"strap":"closed","beacon":false}}}}"#,
+        m.device.as_deref().unwrap_or_default(),
+        m.key.boot,
+        m.key.seq,
+        fixes.join(",")
+    )
+    .into_bytes()
+}
+
+async fn reset(pool: &PgPool) {
+    pool.execute("TRUNCATE fixes, messages, device_status, device_events, rejected_messages")
+        .await
+        .expect("truncate");
+}
+
+struct PipelineRun {
+    secs: f64,
+    fixes: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+async fn run_pipeline(store: &PgStore, input: &[(String, Bytes)]) -> PipelineRun {
+    let metrics = Arc::new(Metrics::new());
+    let directory = Directory::load(store.clone()).await.expect("directory");
+    let (done_tx, mut done_rx) = mpsc::channel(SHARDS * 4);
+    let ctx = Arc::new(ShardContext {
+        store: store.clone(),
+        directory,
+        metrics: metrics.clone(),
+        completions: done_tx,
+        abandon: CancellationToken::new(),
+    });
+    let cfg = ShardConfig {
+        max_batch_fixes: BATCH_FIXES,
+        max_delay: Duration::from_millis(10),
+        prepare: PrepareConfig {
+            topic_prefix: String::new(),
+            max_payload: 256 * 1024,
+        },
+    };
+    let mut senders = vec![];
+    let mut shards = vec![];
+    for i in 0..SHARDS {
+        let (tx, rx) = mpsc::channel(2_000);
+        senders.push(tx);
+        shards.push(tokio::spawn(run_shard(
+            format!("shard-{i}"),
+            rx,
+            ctx.clone(),
+            cfg.clone(),
+        )));
+    }
+    drop(ctx);
+    let router = ShardRouter::new(senders, String::new());
+    let acks = Arc::new(Mutex::new(AckQueue::default()));
+    acks.lock().unwrap().new_epoch();
+    let total = input.len();
+    let acker = {
+        let acks = acks.clone();
+        tokio::spawn(async move {
+            let mut acked = 0usize;
+            while let Some(t) = done_rx.recv().await {
+                acked += acks.lock().unwrap().commit(&t).len();
+            }
+            acked
+        })
+    };
+    let started = Instant::now();
+    for (topic, payload) in input {
+        let ticket = acks.lock().unwrap().register(
+            1,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            tokio::time::Instant::now(),
+        );
+        let inc = Incoming {
+            topic: topic.clone(),
+            payload: payload.clone(),
+            received_at: SystemClock.now(),
+            ticket: Some(ticket),
+        };
+        router
+            .sender_for(topic)
+            .send(inc)
+            .await
+            .expect("shard alive");
+    }
+    drop(router);
+    for s in shards {
+        s.await.unwrap();
+    }
+    let acked = acker.await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(acked, total, "every message acked");
+    let h = metrics.commit_latency_us.lock().unwrap();
+    PipelineRun {
+        secs,
+        fixes: metrics.fixes_stored.get(),
+        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+    }
+}
+
+/// The same fix rows, decoded up front, inserted with the pipeline's own
+/// statement on `conns` connections in `BATCH_FIXES`-row batches.
+async fn run_baseline(
+    pool: &PgPool,
+    store: &PgStore,
+    input: &[(String, Bytes)],
+    conns: usize,
+) -> (f64, u64) {
+    let directory = Directory::load(store.clone()).await.expect("directory");
+    let now = SystemClock.now();
+    let mut batches: Vec<FixColumns> = (0..conns).map(|_| FixColumns::default()).collect();
+    let mut all: Vec<Vec<FixColumns>> = (0..conns).map(|_| vec![]).collect();
+    for (i, (_, payload)) in input.iter().enumerate() {
+        let wire = decode::decode_native(payload).unwrap();
+        let id = DeviceId::parse(wire.device.as_deref().unwrap()).unwrap();
+        let dev = directory.by_id(&id).await.unwrap().unwrap();
+        let v = decode::validate(wire, id, now);
+        let m = AcceptedMessage {
+            device_key: dev.key,
+            topic: String::new(),
+            received_at: now,
+            digest: [0; 16],
+            telemetry: v.telemetry,
+            item_rejections: vec![],
+            payload: Bytes::new(),
+        };
+        let c = i % conns;
+        batches[c].push_message(&m);
+        if batches[c].len() >= BATCH_FIXES {
+            all[c].push(std::mem::take(&mut batches[c]));
+        }
+    }
+    for (c, b) in batches.into_iter().enumerate() {
+        if !b.is_empty() {
+            all[c].push(b);
+        }
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = all
+        .into_iter()
+        .map(|batches| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut conn = pool.acquire().await.unwrap();
+                let mut n = 0;
+                for b in batches {
+                    n += b.insert(&mut conn).await.unwrap();
+                }
+                n
+            })
+        })
+        .collect();
+    let mut rows = 0;
+    for t in tasks {
+        rows += t.await.unwrap();
+    }
+    (started.elapsed().as_secs_f64(), rows)
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let admin_url = std::env::var("WAYPOINT_BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("wp_bench_{}", std::process::id());
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("PostgreSQL must be reachable for the benchmark");
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(SHARDS as u32 + 4)
+        .connect(&url)
+        .await
+        .unwrap();
+    let store = PgStore::from_pool(pool.clone());
+    store.migrate().await.unwrap();
+    for d in 0..DEVICES {
+        store
+            .add_device(
+                &DeviceId::parse(&format!("bench-{d}")).unwrap(),
+                None,
+                SystemClock.now(),
+            )
+            .await
+            .unwrap();
+    }
+
+    println!(
+        "ingest benchmark: {TOTAL_FIXES} fixes, {DEVICES} devices, {SHARDS} shards, batches of {BATCH_FIXES} fixes\n"
+    );
+    println!(
+        "{:<22} {:>9} {:>12} {:>12} {:>12} {:>7} {:>9} {:>9}",
+        "workload", "round", "pipeline/s", "base-1c/s", "base-4c/s", "ratio", "p50 ms", "p99 ms"
+    );
+    let workloads = [
+        Workload {
+            label: "json, 10 fixes/msg",
+            fixes_per_msg: 10,
+            binary: false,
+        },
+        Workload {
+            label: "binary, 10 fixes/msg",
+            fixes_per_msg: 10,
+            binary: true,
+        },
+        Workload {
+            label: "json, 1 fix/msg",
+            fixes_per_msg: 1,
+            binary: false,
+        },
+    ];
+    for w in &workloads {
+        let input = payloads(w);
+        for round in 1..=2 {
+            reset(&pool).await;
+            let (b1_secs, b1_rows) = run_baseline(&pool, &store, &input, 1).await;
+            reset(&pool).await;
+            let (b4_secs, b4_rows) = run_baseline(&pool, &store, &input, SHARDS).await;
+            reset(&pool).await;
+            let p = run_pipeline(&store, &input).await;
+            assert_eq!(p.fixes as usize, TOTAL_FIXES);
+            assert_eq!(b1_rows as usize, TOTAL_FIXES);
+            assert_eq!(b4_rows as usize, TOTAL_FIXES);
+            let pr = p.fixes as f64 / p.secs;
+            let b1 = b1_rows as f64 / b1_secs;
+            let b4 = b4_rows as f64 / b4_secs;
+            println!(
+                "{:<22} {:>9} {:>12.0} {:>12.0} {:>12.0} {:>7.2} {:>9.2} {:>9.2}",
+                w.label,
+                round,
+                pr,
+                b1,
+                b4,
+                pr / b1.max(b4),
+                p.p50_ms,
+                p.p99_ms
+            );
+        }
+    }
+    println!(
+        "\nratio = pipeline / the faster baseline; peak RSS {:.0} MiB",
+        peak_rss_mib()
+    );
+    pool.close().await;
+    let _ = admin
+        .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
+        .await;
+}

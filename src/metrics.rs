@@ -2,6 +2,8 @@
 //! servers in one test process keep separate counts).
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -44,6 +46,9 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Messages per committed batch.
     pub batch_messages: Histogram,
+    /// Commit latency in microseconds with exact percentiles, for summaries
+    /// (benchmarks, the demo); Prometheus gets the bucketed histogram.
+    pub commit_latency_us: Mutex<hdrhistogram::Histogram<u64>>,
     /// Receive time minus fix time: how late fixes arrive (coverage loss, buffering).
     pub fix_lag_seconds: Histogram,
     /// Items waiting in each bounded queue.
@@ -79,6 +84,10 @@ impl Metrics {
             rejected: Family::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
             batch_messages: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            commit_latency_us: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)
+                    .expect("static histogram bounds are valid"),
+            ),
             fix_lag_seconds: Histogram::new(exponential_buckets(0.1, 4.0, 12)),
             queue_depth: Family::default(),
             oldest_unacked_seconds: Gauge::default(),
@@ -159,6 +168,15 @@ impl Metrics {
             let _ = m.rejected.get_or_create(&reason(r));
         }
         Self { registry, ..m }
+    }
+
+    /// Records one batch commit's latency.
+    pub fn record_commit(&self, d: Duration) {
+        self.commit_seconds.observe(d.as_secs_f64());
+        let us = (d.as_micros() as u64).clamp(1, 600_000_000);
+        if let Ok(mut h) = self.commit_latency_us.lock() {
+            let _ = h.record(us);
+        }
     }
 
     /// Counts one rejection row.

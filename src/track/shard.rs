@@ -138,7 +138,7 @@ async fn flush<S: Store>(ctx: &ShardContext<S>, batch: &mut Batch) -> bool {
         return false;
     };
     let m = &ctx.metrics;
-    m.commit_seconds.observe(started.elapsed().as_secs_f64());
+    m.record_commit(started.elapsed());
     m.batch_messages.observe(report.outcomes.len() as f64);
     m.fixes_stored.inc_by(report.fixes_stored);
     m.messages_duplicate.inc_by(
