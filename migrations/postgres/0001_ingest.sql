@@ -18,7 +18,7 @@ CREATE TABLE devices (
 -- Ledger of every accepted message: de-duplication on (device, boot, seq)
 -- and the digest that tells a redelivery from a seq_conflict.
 CREATE TABLE messages (
-    device_key  bigint NOT NULL REFERENCES devices (device_key),
+    device_key  bigint NOT NULL,
     boot        bigint NOT NULL,
     seq         bigint NOT NULL,
     digest      bytea NOT NULL,

@@ -138,6 +138,9 @@ pub enum StoreError {
     /// shutdown, deadlock, serialization failure). Retry later; nothing is acked.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// Another writer raced us on the same rows; retry.
+    #[error("concurrent write: {0}")]
+    Contended(String),
     /// The database refused the data itself. Retrying the same rows would
     /// fail again; the caller isolates the offending message.
     #[error("database refused the batch: {0}")]
@@ -156,7 +159,7 @@ pub enum StoreError {
 impl StoreError {
     /// Whether retrying the same operation later can succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::Contended(_))
     }
 }
 

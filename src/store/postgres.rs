@@ -4,7 +4,7 @@
 //! statements in one transaction: one round trip per table regardless of
 //! batch size, and `ON CONFLICT DO NOTHING` keeps every write idempotent.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -159,8 +159,16 @@ impl FixColumns {
 
     /// Runs [`INSERT_FIXES`] on `conn`; returns rows written.
     pub async fn insert(&self, conn: &mut sqlx::PgConnection) -> Result<u64, sqlx::Error> {
-        let r = sqlx::query(INSERT_FIXES)
-            .bind(&self.device_key)
+        let r = self.bind(sqlx::query(INSERT_FIXES)).execute(conn).await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Binds the 13 column arrays, in table order, as the next parameters.
+    fn bind<'q>(
+        &'q self,
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        q.bind(&self.device_key)
             .bind(&self.fix_time)
             .bind(&self.boot)
             .bind(&self.seq)
@@ -173,11 +181,37 @@ impl FixColumns {
             .bind(&self.speed)
             .bind(&self.heading)
             .bind(&self.src)
-            .execute(conn)
-            .await?;
-        Ok(r.rows_affected())
     }
 }
+
+/// Claims message keys in the ledger and writes the fixes of the messages
+/// that were new, in one statement (one round trip). Data-modifying CTEs share
+/// the statement's snapshot, so the last branch sees only ledger rows that
+/// existed before this statement: exactly the redeliveries and conflicts. It
+/// runs only when some key was not new (the one-time filter skips it).
+const CLAIM_AND_INSERT: &str = "WITH k AS ( \
+       SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::bytea[], $5::timestamptz[], \
+       $6::int4[]) WITH ORDINALITY AS k(device_key, boot, seq, digest, received_at, fix_count, ord)), \
+     m AS ( \
+       INSERT INTO messages (device_key, boot, seq, digest, received_at, fix_count) \
+       SELECT device_key, boot, seq, digest, received_at, fix_count FROM k \
+       ON CONFLICT DO NOTHING RETURNING device_key, boot, seq), \
+     f AS ( \
+       INSERT INTO fixes (device_key, fix_time, boot, seq, idx, received_at, lat, lon, acc_m, \
+       alt_m, speed_mps, heading_deg, src) \
+       SELECT u.device_key, u.fix_time, u.boot, u.seq, u.idx, u.received_at, u.lat, u.lon, \
+       u.acc_m, u.alt_m, u.speed_mps, u.heading_deg, u.src \
+       FROM UNNEST($7::int8[], $8::timestamptz[], $9::int8[], $10::int8[], $11::int2[], \
+       $12::timestamptz[], $13::float8[], $14::float8[], $15::float4[], $16::float4[], \
+       $17::float4[], $18::float4[], $19::text[]) AS u(device_key, fix_time, boot, seq, idx, \
+       received_at, lat, lon, acc_m, alt_m, speed_mps, heading_deg, src) \
+       JOIN m USING (device_key, boot, seq) \
+       ON CONFLICT DO NOTHING RETURNING 1) \
+     SELECT (SELECT count(*) FROM m) AS inserted, (SELECT count(*) FROM f) AS fixes, \
+       NULL::int8 AS ord, NULL::bytea AS digest \
+     UNION ALL \
+     SELECT NULL, NULL, k.ord, old.digest FROM k JOIN messages old USING (device_key, boot, seq) \
+       WHERE (SELECT count(*) FROM m) < (SELECT count(*) FROM k)";
 
 type Key = (i64, i64, i64);
 
@@ -237,11 +271,14 @@ impl Store for PgStore {
 
         let mut tx = self.pool.begin().await.map_err(classify)?;
 
-        // 2. Claim keys in the ledger; what comes back is new.
-        let mut new_keys: HashSet<Key> = HashSet::new();
+        // 2. Claim keys and write the fixes of new messages in one round
+        //    trip; keys that already existed come back with their digest:
+        //    same digest is a redelivery, another digest a seq_conflict.
+        let mut fresh: Vec<&AcceptedMessage> = Vec::with_capacity(candidates.len());
         if !candidates.is_empty() {
             let (mut dk, mut bt, mut sq, mut dg, mut rc, mut fc) =
                 (vec![], vec![], vec![], vec![], vec![], vec![]);
+            let mut fixes = FixColumns::default();
             for &i in &candidates {
                 let m = accepted(i);
                 dk.push(m.device_key);
@@ -250,88 +287,58 @@ impl Store for PgStore {
                 dg.push(m.digest.to_vec());
                 rc.push(m.received_at);
                 fc.push(m.telemetry.fixes.len() as i32);
+                fixes.push_message(m);
             }
-            let rows = sqlx::query(
-                "INSERT INTO messages (device_key, boot, seq, digest, received_at, fix_count) \
-                 SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::bytea[], \
-                 $5::timestamptz[], $6::int4[]) ON CONFLICT DO NOTHING \
-                 RETURNING device_key, boot, seq",
-            )
-            .bind(&dk)
-            .bind(&bt)
-            .bind(&sq)
-            .bind(&dg)
-            .bind(&rc)
-            .bind(&fc)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(classify)?;
+            let q = sqlx::query(CLAIM_AND_INSERT)
+                .bind(&dk)
+                .bind(&bt)
+                .bind(&sq)
+                .bind(&dg)
+                .bind(&rc)
+                .bind(&fc);
+            let rows = fixes.bind(q).fetch_all(&mut *tx).await.map_err(classify)?;
+            let mut inserted = 0usize;
+            let mut existing: HashMap<usize, Vec<u8>> = HashMap::new();
             for r in rows {
-                new_keys.insert((r.get(0), r.get(1), r.get(2)));
+                match r.get::<Option<i64>, _>("ord") {
+                    None => {
+                        inserted = r.get::<Option<i64>, _>("inserted").unwrap_or(0) as usize;
+                        report.fixes_stored = r.get::<Option<i64>, _>("fixes").unwrap_or(0) as u64;
+                    }
+                    // ORDINALITY is 1-based over `candidates`.
+                    Some(ord) => {
+                        existing.insert(ord as usize - 1, r.get("digest"));
+                    }
+                }
             }
-        }
-
-        // 3. Keys already in the ledger: same digest is a redelivery, another
-        //    digest a seq_conflict. Only runs when redeliveries happen.
-        let old: Vec<usize> = candidates
-            .iter()
-            .copied()
-            .filter(|&i| !new_keys.contains(&key_of(accepted(i))))
-            .collect();
-        if !old.is_empty() {
-            let (mut dk, mut bt, mut sq) = (vec![], vec![], vec![]);
-            for &i in &old {
-                let (d, b, s) = key_of(accepted(i));
-                dk.push(d);
-                bt.push(b);
-                sq.push(s);
+            if inserted + existing.len() != candidates.len() {
+                // Another writer claimed a key after our snapshot was taken
+                // (only possible with several instances): retry the batch.
+                return Err(StoreError::Contended(
+                    "a message key was claimed concurrently".into(),
+                ));
             }
-            let rows = sqlx::query(
-                "SELECT m.device_key, m.boot, m.seq, m.digest FROM messages m \
-                 JOIN UNNEST($1::int8[], $2::int8[], $3::int8[]) AS k(device_key, boot, seq) \
-                 USING (device_key, boot, seq)",
-            )
-            .bind(&dk)
-            .bind(&bt)
-            .bind(&sq)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(classify)?;
-            let stored: HashMap<Key, Vec<u8>> = rows
-                .into_iter()
-                .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3)))
-                .collect();
-            for &i in &old {
+            for (pos, &i) in candidates.iter().enumerate() {
                 let m = accepted(i);
-                if stored
-                    .get(&key_of(m))
-                    .is_some_and(|d| d[..] == m.digest[..])
-                {
-                    report.outcomes[i] = Outcome::Duplicate;
-                } else {
-                    report.outcomes[i] = Outcome::Conflict;
-                    rejections.push(RejectionRow::conflict(
-                        m,
-                        "same (device, boot, seq) already stored with other content",
-                    ));
+                match existing.get(&pos) {
+                    None => {
+                        fresh.push(m);
+                        rejections
+                            .extend(m.item_rejections.iter().map(|r| RejectionRow::item(m, r)));
+                    }
+                    Some(d) if d[..] == m.digest[..] => report.outcomes[i] = Outcome::Duplicate,
+                    Some(_) => {
+                        report.outcomes[i] = Outcome::Conflict;
+                        rejections.push(RejectionRow::conflict(
+                            m,
+                            "same (device, boot, seq) already stored with other content",
+                        ));
+                    }
                 }
             }
         }
 
-        // 4. Content of new messages.
-        let fresh: Vec<&AcceptedMessage> = candidates
-            .iter()
-            .filter(|&&i| report.outcomes[i] == Outcome::Stored)
-            .map(|&i| accepted(i))
-            .collect();
-        let mut fixes = FixColumns::default();
-        for m in &fresh {
-            fixes.push_message(m);
-            rejections.extend(m.item_rejections.iter().map(|r| RejectionRow::item(m, r)));
-        }
-        if !fixes.is_empty() {
-            report.fixes_stored = fixes.insert(&mut tx).await.map_err(classify)?;
-        }
+        // 3. Everything else new messages carry.
         insert_events(&mut tx, &fresh).await?;
         upsert_status(&mut tx, &fresh).await?;
         insert_rejections(&mut tx, &rejections).await?;
