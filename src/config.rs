@@ -11,7 +11,7 @@ use crate::track::{PrepareConfig, ShardConfig};
 
 /// Waypoint: electronic-monitoring telemetry server.
 #[derive(Debug, Parser)]
-#[command(name = "waypoint", version, about)]
+#[command(name = "waypoint", version, about, args_override_self = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

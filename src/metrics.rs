@@ -61,6 +61,9 @@ pub struct Metrics {
     pub mqtt_connected: Gauge,
     /// Connections (re-)established to the broker.
     pub mqtt_connects: Counter,
+    /// QoS 1 publishes left unacked (for redelivery after a reconnect)
+    /// because their shard queue was full.
+    pub deferred: Counter,
     /// QoS 0 publishes dropped because a shard queue was full (QoS 0
     /// carries no delivery promise; QoS 1 is never dropped this way).
     pub qos0_dropped: Counter,
@@ -95,6 +98,7 @@ impl Metrics {
             mqtt_connected: Gauge::default(),
             mqtt_connects: Counter::default(),
             qos0_dropped: Counter::default(),
+            deferred: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(

@@ -85,6 +85,20 @@ impl AckQueue {
         }
     }
 
+    /// Withdraws the most recent registration (its publish could not be
+    /// queued): it will not be acked on this connection, and the broker
+    /// redelivers it after the next reconnect. Returns false if `t` is not
+    /// the most recent registration.
+    pub fn withdraw_last(&mut self, t: AckTicket) -> bool {
+        let last = self.base + self.pending.len() as u64;
+        if t.epoch == self.epoch && last > 0 && t.idx == last - 1 && !self.pending.is_empty() {
+            self.pending.pop_back();
+            true
+        } else {
+            false
+        }
+    }
+
     /// Marks tickets committed and returns the acks now releasable, in
     /// arrival order. Tickets from another epoch are ignored.
     pub fn commit(&mut self, tickets: &[AckTicket]) -> Vec<ReadyAck> {
@@ -198,6 +212,23 @@ mod tests {
         assert!(q.is_empty());
         // Double commit is harmless.
         assert!(q.commit(&[t[3]]).is_empty());
+    }
+
+    #[test]
+    fn a_withdrawn_publish_does_not_block_the_ones_after_it() {
+        let now = Instant::now();
+        let mut q = AckQueue::default();
+        q.new_epoch();
+        let a = q.register(1, QoS::AtLeastOnce, now);
+        let b = q.register(2, QoS::AtLeastOnce, now);
+        assert!(
+            !q.withdraw_last(a),
+            "only the newest registration can be withdrawn"
+        );
+        assert!(q.withdraw_last(b));
+        let c = q.register(3, QoS::AtLeastOnce, now);
+        let ready: Vec<u16> = q.commit(&[c, a]).iter().map(|r| r.pkid).collect();
+        assert_eq!(ready, vec![1, 3]);
     }
 
     #[test]

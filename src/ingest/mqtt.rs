@@ -5,7 +5,13 @@
 //! acker and `try_send`s it to its shard. Back-pressure is applied by
 //! withholding acks, never by pausing this loop: with Receive Maximum set,
 //! the broker stops sending once that many publishes are unacknowledged,
-//! which is also why a shard queue sized to Receive Maximum cannot overflow.
+//! which is also why a shard queue sized to Receive Maximum normally cannot
+//! overflow. It can after a reconnect while the database is down: the old
+//! connection's messages still sit in the queue when the broker redelivers
+//! them. A publish that finds its shard queue full is then *deferred*: not
+//! registered, not acked; once everything else is acked the source
+//! reconnects so the broker delivers it again. Nothing is dropped and the
+//! poll loop never waits.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -142,6 +148,10 @@ impl Source {
         ];
         let mut backoff = Duration::from_millis(100);
         let mut disconnect_sent = false;
+        // Publishes of this connection left unacked because their shard
+        // queue was full; they come back after a reconnect.
+        let mut deferred = 0u64;
+        let mut resync = tokio::time::interval(Duration::from_millis(500));
         loop {
             let ev = tokio::select! {
                 biased;
@@ -155,11 +165,20 @@ impl Source {
                     if client.try_disconnect().is_err() { break }
                     continue;
                 }
+                _ = resync.tick(), if deferred > 0 && router.is_some() => {
+                    if acks.lock().expect("ack queue poisoned").is_empty() {
+                        tracing::info!(deferred, "reconnecting so the broker redelivers deferred messages");
+                        deferred = 0;
+                        let _ = client.try_disconnect();
+                    }
+                    continue;
+                }
                 ev = eventloop.poll() => ev,
             };
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ca))) => {
                     let epoch = acks.lock().expect("ack queue poisoned").new_epoch();
+                    deferred = 0;
                     status.connected.store(true, Ordering::SeqCst);
                     metrics.mqtt_connected.set(1);
                     metrics.mqtt_connects.inc();
@@ -198,17 +217,20 @@ impl Source {
                     };
                     match router.sender_for(&inc.topic).try_send(inc) {
                         Ok(()) => {}
-                        Err(TrySendError::Full(inc)) if inc.ticket.is_none() => {
-                            metrics.qos0_dropped.inc();
-                        }
-                        Err(TrySendError::Full(_)) => {
-                            // Only a broker ignoring Receive Maximum gets here.
-                            // The message stays unacked (acks stall behind it)
-                            // until a reconnect, when the broker redelivers.
-                            tracing::error!(
-                                "shard queue full despite Receive Maximum; reconnecting"
-                            );
-                            let _ = client.try_disconnect();
+                        Err(TrySendError::Full(inc)) => {
+                            match inc.ticket {
+                                None => {
+                                    metrics.qos0_dropped.inc();
+                                }
+                                Some(t) => {
+                                    acks.lock().expect("ack queue poisoned").withdraw_last(t);
+                                    if deferred == 0 {
+                                        tracing::warn!("shard queue full; deferring publishes until a reconnect");
+                                    }
+                                    deferred += 1;
+                                    metrics.deferred.inc();
+                                }
+                            }
                         }
                         Err(TrySendError::Closed(_)) => break,
                     }
@@ -216,7 +238,9 @@ impl Source {
                 Ok(Event::Incoming(Packet::Disconnect(d))) => {
                     tracing::warn!(reason = ?d.reason_code, "broker sent DISCONNECT");
                 }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+                // Our own DISCONNECT: the end at shutdown; otherwise a
+                // resync, and the next poll reconnects.
+                Ok(Event::Outgoing(Outgoing::Disconnect)) if disconnect_sent => break,
                 Ok(_) => {}
                 Err(e) => {
                     if status.connected.swap(false, Ordering::SeqCst) {

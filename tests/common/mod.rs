@@ -4,6 +4,8 @@
 //! make the tests fail loudly, never skip.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,6 +132,7 @@ pub fn require_broker() {
 
 /// Server settings a test can adjust.
 pub struct ServerOpts {
+    pub broker: String,
     pub database_url: String,
     pub prefix: String,
     pub client_id: String,
@@ -139,6 +142,7 @@ pub struct ServerOpts {
 impl ServerOpts {
     pub fn new(db: &TestDb) -> Self {
         Self {
+            broker: format!("mqtt://{}:{}", BROKER.0, BROKER.1),
             database_url: db.url.clone(),
             prefix: format!("{}/", unique("t")),
             client_id: unique("wp-srv-"),
@@ -153,8 +157,6 @@ pub async fn start_server(o: &ServerOpts) -> Running {
     let mut argv: Vec<String> = [
         "waypoint",
         "serve",
-        "--mqtt-url",
-        "mqtt://127.0.0.1:1883",
         "--http-addr",
         "127.0.0.1:0",
         "--shards",
@@ -168,6 +170,8 @@ pub async fn start_server(o: &ServerOpts) -> Running {
     .map(|s| s.to_string())
     .collect();
     argv.extend([
+        "--mqtt-url".into(),
+        o.broker.clone(),
         "--database-url".into(),
         o.database_url.clone(),
         "--topic-prefix".into(),
@@ -223,7 +227,15 @@ pub struct Publisher {
 impl Publisher {
     pub async fn connect() -> Self {
         require_broker();
-        let mut o = MqttOptions::new(unique("pub-"), BROKER.0, BROKER.1);
+        Self::connect_to(BROKER.1, None).await
+    }
+
+    /// Connects to a broker on 127.0.0.1:`port`, with credentials if given.
+    pub async fn connect_to(port: u16, credentials: Option<(&str, &str)>) -> Self {
+        let mut o = MqttOptions::new(unique("pub-"), BROKER.0, port);
+        if let Some((u, p)) = credentials {
+            o.set_credentials(u, p);
+        }
         o.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         o.set_inflight(500);
         let (client, mut el) = AsyncClient::new(o, 1000);
