@@ -45,20 +45,25 @@ async fn metrics<S: Store>(State(s): State<OpsState<S>>) -> impl IntoResponse {
     )
 }
 
-/// Ready means: connected to the broker and the database answers.
+/// Ready means: connected and subscribed to the broker, and the database answers.
 async fn ready<S: Store>(State(s): State<OpsState<S>>) -> impl IntoResponse {
     let broker = s.mqtt.connected.load(Ordering::SeqCst);
+    let subscribed = s.mqtt.subscribed.load(Ordering::SeqCst);
     let database = matches!(
         tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await,
         Ok(Ok(()))
     );
-    let code = if broker && database {
+    let code = if broker && subscribed && database {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         code,
-        Json(serde_json::json!({ "broker_connected": broker, "database_reachable": database })),
+        Json(serde_json::json!({
+            "broker_connected": broker,
+            "subscribed": subscribed,
+            "database_reachable": database,
+        })),
     )
 }

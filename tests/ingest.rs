@@ -312,3 +312,113 @@ async fn a_server_restarted_mid_stream_loses_nothing() {
     );
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_changes_reach_a_running_server() {
+    let db = TestDb::new().await;
+    let opts = ServerOpts::new(&db);
+    let srv = start_server(&opts).await;
+    let publ = Publisher::connect().await;
+    let topic = native_topic(&opts.prefix, "late-1");
+
+    publ.publish(&topic, json_msg("late-1", 1, 1, 1)).await;
+    wait_acked(&srv, 1).await;
+    assert_eq!(db.rejections("unknown_device").await, 1);
+
+    // Enrolled while the server runs: accepted without a restart.
+    db.enroll("late-1").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publ.publish(&topic, json_msg("late-1", 1, 2, 1)).await;
+    wait_acked(&srv, 2).await;
+    assert_eq!(db.count("SELECT count(*) FROM fixes").await, 1);
+
+    // Revoked while it runs: refused within a second (LISTEN/NOTIFY).
+    db.store()
+        .revoke_device(
+            &waypoint::domain::DeviceId::parse("late-1").unwrap(),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    publ.publish(&topic, json_msg("late-1", 1, 3, 1)).await;
+    wait_acked(&srv, 3).await;
+    assert_eq!(db.rejections("device_revoked").await, 1);
+    assert_eq!(db.count("SELECT count(*) FROM fixes").await, 1);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_clock_is_injected_not_read_from_the_wall() {
+    use waypoint::clock::ManualClock;
+    let db = TestDb::new().await;
+    db.enroll("dev-c").await;
+    let mut opts = ServerOpts::new(&db);
+    // The server believes it is one hour earlier than the wall clock.
+    let server_now = chrono::Utc::now() - chrono::TimeDelta::hours(1);
+    opts.clock = std::sync::Arc::new(ManualClock::new(server_now));
+    let srv = start_server(&opts).await;
+    let publ = Publisher::connect().await;
+    let topic = native_topic(&opts.prefix, "dev-c");
+    let fix = |ts: i64| format!(r#"{{"ts":{ts},"lat":1,"lon":1,"acc":3}}"#);
+    let wall = now_ms();
+    // 90 minutes before the wall clock: 30 minutes in the server's past.
+    // The wall clock's now: an hour in the server's future.
+    publ.publish(
+        &topic,
+        format!(
+            r#"{{"v":1,"device":"dev-c","boot":1,"seq":1,"fixes":[{},{}]}}"#,
+            fix(wall - 90 * 60_000),
+            fix(wall)
+        ),
+    )
+    .await;
+    wait_acked(&srv, 1).await;
+    assert_eq!(db.count("SELECT count(*) FROM fixes").await, 1);
+    assert_eq!(db.rejections("future_timestamp").await, 1);
+    let received: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT received_at FROM fixes")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        received.timestamp_micros(),
+        server_now.timestamp_micros(),
+        "receive time comes from the injected clock"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_a_database_outage_acks_nothing_and_the_next_start_stores_all() {
+    let db = TestDb::new().await;
+    db.enroll("dev-d").await;
+    let proxy = DbProxy::start("127.0.0.1:5432").await;
+    let mut opts = ServerOpts::new(&db);
+    opts.database_url = proxy.url_for(&db);
+    let srv = start_server(&opts).await;
+    let publ = Publisher::connect().await;
+    let topic = native_topic(&opts.prefix, "dev-d");
+
+    proxy.cut();
+    for seq in 0..30 {
+        publ.publish(&topic, json_msg("dev-d", 1, seq, 1)).await;
+    }
+    publ.wait_broker_acks(30).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = srv.metrics.clone();
+    // Shutdown grace is 3 s in tests: stop must not hang on the outage.
+    tokio::time::timeout(Duration::from_secs(15), srv.stop())
+        .await
+        .expect("shutdown completes while the database is down");
+    assert_eq!(metrics.messages_acked.get(), 0, "acked without a commit");
+
+    proxy.restore();
+    let second = start_server(&opts).await;
+    wait_for("all 30 stored after restart", WAIT, || async {
+        db.count("SELECT count(*) FROM messages").await == 30
+    })
+    .await;
+    wait_acked(&second, 30).await;
+    second.stop().await;
+}

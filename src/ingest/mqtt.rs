@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::Outgoing;
@@ -104,6 +104,8 @@ impl MqttConfig {
 pub struct MqttStatus {
     /// True between ConnAck and the next connection error.
     pub connected: AtomicBool,
+    /// True once the broker granted every subscription on this connection.
+    pub subscribed: AtomicBool,
 }
 
 /// Everything the source needs.
@@ -151,7 +153,10 @@ impl Source {
         // Publishes of this connection left unacked because their shard
         // queue was full; they come back after a reconnect.
         let mut deferred = 0u64;
-        let mut resync = tokio::time::interval(Duration::from_millis(500));
+        // Set on every ConnAck; cleared once the SUBSCRIBE request is queued
+        // (the request channel may be momentarily full of acks).
+        let mut need_subscribe = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             let ev = tokio::select! {
                 biased;
@@ -165,8 +170,14 @@ impl Source {
                     if client.try_disconnect().is_err() { break }
                     continue;
                 }
-                _ = resync.tick(), if deferred > 0 && router.is_some() => {
-                    if acks.lock().expect("ack queue poisoned").is_empty() {
+                _ = tick.tick() => {
+                    if need_subscribe {
+                        need_subscribe = !subscribe(&client, &filters);
+                    }
+                    if deferred > 0
+                        && router.is_some()
+                        && acks.lock().expect("ack queue poisoned").is_empty()
+                    {
                         tracing::info!(deferred, "reconnecting so the broker redelivers deferred messages");
                         deferred = 0;
                         let _ = client.try_disconnect();
@@ -188,10 +199,23 @@ impl Source {
                         epoch,
                         "connected to broker"
                     );
-                    for f in &filters {
-                        if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
-                            tracing::error!(error = %e, "subscribe request failed");
-                        }
+                    // Subscriptions survive in a resumed session, but
+                    // re-subscribing is harmless and covers an expired one.
+                    status.subscribed.store(false, Ordering::SeqCst);
+                    need_subscribe = !subscribe(&client, &filters);
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused: Vec<_> = ack
+                        .return_codes
+                        .iter()
+                        .filter(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+                        .collect();
+                    if refused.is_empty() {
+                        status.subscribed.store(true, Ordering::SeqCst);
+                    } else {
+                        // Typically the broker ACL: nothing will arrive, and
+                        // /readyz says so.
+                        tracing::error!(?refused, ?filters, "broker refused a subscription");
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -243,6 +267,7 @@ impl Source {
                 Ok(Event::Outgoing(Outgoing::Disconnect)) if disconnect_sent => break,
                 Ok(_) => {}
                 Err(e) => {
+                    status.subscribed.store(false, Ordering::SeqCst);
                     if status.connected.swap(false, Ordering::SeqCst) {
                         tracing::warn!(error = %e, "broker connection lost");
                     } else {
@@ -263,7 +288,22 @@ impl Source {
             }
         }
         status.connected.store(false, Ordering::SeqCst);
+        status.subscribed.store(false, Ordering::SeqCst);
         metrics.mqtt_connected.set(0);
+    }
+}
+
+/// Queues one SUBSCRIBE for all filters; false if the request channel was full.
+fn subscribe(client: &AsyncClient, filters: &[String]) -> bool {
+    let f = filters
+        .iter()
+        .map(|f| Filter::new(f.clone(), QoS::AtLeastOnce));
+    match client.try_subscribe_many(f) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "subscribe request not queued; retrying");
+            false
+        }
     }
 }
 

@@ -132,6 +132,8 @@ pub fn require_broker() {
 
 /// Server settings a test can adjust.
 pub struct ServerOpts {
+    /// The server's clock (system clock by default).
+    pub clock: waypoint::clock::SharedClock,
     pub broker: String,
     pub database_url: String,
     pub prefix: String,
@@ -142,6 +144,7 @@ pub struct ServerOpts {
 impl ServerOpts {
     pub fn new(db: &TestDb) -> Self {
         Self {
+            clock: Arc::new(SystemClock),
             broker: format!("mqtt://{}:{}", BROKER.0, BROKER.1),
             database_url: db.url.clone(),
             prefix: format!("{}/", unique("t")),
@@ -185,17 +188,18 @@ pub async fn start_server(o: &ServerOpts) -> Running {
     };
     let cfg = args.to_config().expect("config");
     let store = PgStore::connect(&o.database_url, 8).await.expect("connect");
-    let running = waypoint::app::start(cfg, store, Arc::new(SystemClock))
+    let running = waypoint::app::start(cfg, store, o.clock.clone())
         .await
         .expect("server starts");
-    // Connected and subscribed before tests publish.
+    // Connected, subscribed and database reachable before tests publish
+    // (a test that cuts the database does so after this).
+    let addr = running.http_addr;
     wait_for(
-        "server connected to broker",
+        "server ready (/readyz)",
         Duration::from_secs(10),
-        || async { running.metrics.mqtt_connected.get() == 1 },
+        || async move { http_get(addr, "/readyz").await.0 == 200 },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     running
 }
 
