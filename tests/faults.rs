@@ -19,11 +19,19 @@ async fn broker_restart_during_a_database_outage_loses_nothing() {
     opts.prefix = String::new();
     opts.broker = format!("mqtt://waypoint-server:s@127.0.0.1:{}", broker.port);
     opts.database_url = proxy.url_for(&db);
-    // One small shard queue, so the broker's redelivery after the restart
-    // finds it still full of the old connection's messages.
-    opts.extra = ["--receive-maximum", "20", "--shards", "1"]
-        .map(String::from)
-        .to_vec();
+    // One small shard queue and one-message batches, so the stalled shard
+    // holds one message and its queue the other 19: the broker's redelivery
+    // after the restart finds the queue still full of the old connection's.
+    opts.extra = [
+        "--receive-maximum",
+        "20",
+        "--shards",
+        "1",
+        "--batch-max-fixes",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
     let srv = start_server(&opts).await;
 
     proxy.cut();
