@@ -151,6 +151,7 @@ pub async fn start<S: Store>(
     for i in 0..cfg.shards {
         let (tx, rx) = mpsc::channel(receive_max);
         senders.push(tx);
+        metrics.set_depth(&format!("shard-{i}"), 0);
         tracker.spawn(run_shard(
             format!("shard-{i}"),
             rx,

@@ -1,6 +1,6 @@
 //! `waypoint` binary: parse flags, initialise logging, run one command.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
     // Logs go to stderr so command output (device lists, credentials) stays clean.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_env("WAYPOINT_LOG")
                 .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
@@ -127,7 +128,8 @@ fn print_credential_help(id: &DeviceId, owntracks: Option<(&str, &str)>) -> anyh
     println!("create its broker credential (deploy/mosquitto.conf: the ACL lets user <id> publish only under em/v1/devices/<id>/):");
     println!("  mosquitto_passwd -b /etc/mosquitto/passwd {user} {secret} && kill -HUP $(pidof mosquitto)");
     println!("  # or, with the dynamic-security plugin:");
-    println!("  mosquitto_ctrl dynsec createClient {user} -p {secret} && mosquitto_ctrl dynsec addClientRole {user} device");
+    println!("  mosquitto_ctrl dynsec createClient {user} -p {secret} && mosquitto_ctrl dynsec addClientRole {user} waypoint-device");
+    println!("  # (create the waypoint-device role once, with the ACL of deploy/waypoint.acl)");
     println!(
         "provision the device with username {user:?} and this password; it is shown only once."
     );
