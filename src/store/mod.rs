@@ -248,31 +248,39 @@ impl RejectionRow {
         }
     }
 
-    pub(crate) fn item(m: &AcceptedMessage, i: &ItemRejection) -> Self {
+    /// A row about an accepted message (one of its items, or the message).
+    fn about(
+        m: &AcceptedMessage,
+        item: Option<(ItemKind, u32)>,
+        reason: RejectReason,
+        detail: String,
+        payload: Option<Bytes>,
+    ) -> Self {
         Self {
             received_at: m.received_at,
             topic: m.topic.clone(),
             device_key: Some(m.device_key),
             device_claim: Some(m.telemetry.device.to_string()),
             key: Some(m.telemetry.key),
-            item: Some((i.kind, i.index)),
-            reason: i.reason,
-            detail: i.detail.clone(),
-            payload: None,
+            item,
+            reason,
+            detail,
+            payload,
         }
     }
 
+    pub(crate) fn item(m: &AcceptedMessage, i: &ItemRejection) -> Self {
+        Self::about(m, Some((i.kind, i.index)), i.reason, i.detail.clone(), None)
+    }
+
     pub(crate) fn conflict(m: &AcceptedMessage, detail: &str) -> Self {
-        Self {
-            received_at: m.received_at,
-            topic: m.topic.clone(),
-            device_key: Some(m.device_key),
-            device_claim: Some(m.telemetry.device.to_string()),
-            key: Some(m.telemetry.key),
-            item: None,
-            reason: RejectReason::SeqConflict,
-            detail: detail.to_owned(),
-            payload: Some(m.payload.slice(..m.payload.len().min(MAX_STORED_PAYLOAD))),
-        }
+        let payload = m.payload.slice(..m.payload.len().min(MAX_STORED_PAYLOAD));
+        Self::about(
+            m,
+            None,
+            RejectReason::SeqConflict,
+            detail.to_owned(),
+            Some(payload),
+        )
     }
 }
