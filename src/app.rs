@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! broker ─▶ ingest::mqtt (poll loop) ──try_send──▶ track shard ×N ──commit──▶ store
-//!               │ register                              │ tickets
-//!               ▼                                       ▼
-//!          AckQueue ◀───────────── ingest::acker ◀──────┘   (PUBACK in arrival order)
+//!            │ register ▲ try_ack                       │ committed tickets
+//!            ▼          │                               │
+//!          AckQueue ────┘ ◀─────────────────────────────┘   (PUBACK in arrival order)
 //! ```
 //!
 //! Channel policies:
@@ -13,14 +13,15 @@
 //!   unacked publishes in flight, so QoS 1 never finds it full (if a broker
 //!   misbehaves we reconnect and let it redeliver); QoS 0 is dropped when
 //!   full and counted.
-//! - shard → acker: capacity = shards × 4 batches; shards block on it, which
-//!   is the back-pressure we want (acks are cheap, this never stays full).
+//! - shard → source (committed tickets): capacity = shards × 4 batches;
+//!   shards block on it, which is the back-pressure we want (the source
+//!   drains it on every turn, so it never stays full).
 //!
 //! Shutdown: stop taking publishes → shards drain and commit → final acks →
 //! DISCONNECT (the session persists, so anything unacked is redelivered).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rumqttc::v5::AsyncClient;
 use tokio::net::TcpListener;
@@ -32,7 +33,6 @@ use crate::clock::SharedClock;
 use crate::config::AppConfig;
 use crate::directory::Directory;
 use crate::http::{self, OpsState};
-use crate::ingest::acker::{run_acker, AckQueue};
 use crate::ingest::mqtt::{MqttStatus, Source};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -61,6 +61,7 @@ pub struct Running {
     /// Live metrics.
     pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    fatal: CancellationToken,
     tracker: TaskTracker,
 }
 
@@ -68,6 +69,11 @@ impl Running {
     /// Token that starts a graceful shutdown when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// Cancelled if a stage failed and the server stopped on its own.
+    pub fn fatal_token(&self) -> CancellationToken {
+        self.fatal.clone()
     }
 
     /// Waits until every task has finished (after a shutdown).
@@ -95,7 +101,7 @@ pub async fn start<S: Store>(
     // follower, HTTP) listens to `stopped`.
     let stopped = CancellationToken::new();
     let abandon = CancellationToken::new();
-    let acks_done = CancellationToken::new();
+    let fatal = CancellationToken::new();
 
     let directory = Directory::load(store.clone()).await?;
     let (dir_tx, dir_rx) = mpsc::channel(1024);
@@ -137,7 +143,6 @@ pub async fn start<S: Store>(
     let receive_max = usize::from(cfg.mqtt.receive_maximum);
     // The request channel carries acks; sized so acks rarely wait on it.
     let (client, eventloop) = AsyncClient::new(cfg.mqtt.options(), receive_max + 64);
-    let acks = Arc::new(Mutex::new(AckQueue::default()));
     let (done_tx, done_rx) = mpsc::channel(cfg.shards * 4);
 
     let ctx = Arc::new(ShardContext {
@@ -159,40 +164,33 @@ pub async fn start<S: Store>(
             cfg.shard.clone(),
         ));
     }
-    // Shards own the only completion senders now; the acker ends when they do.
+    // Shards own the only completion senders now: the channel closes when
+    // the last shard finishes, which tells the source the drain is done.
     drop(ctx);
     let router = ShardRouter::new(senders, cfg.mqtt.topic_prefix.clone());
-
-    tracker.spawn({
-        let (acks, client, metrics, abandon, acks_done, stopped) = (
-            acks.clone(),
-            client.clone(),
-            metrics.clone(),
-            abandon.clone(),
-            acks_done.clone(),
-            stopped.clone(),
-        );
-        async move {
-            run_acker(acks, done_rx, client, metrics, abandon).await;
-            acks_done.cancel();
-            // Give the poll loop a moment to put the final acks on the wire
-            // before the rest (HTTP, directory) stops.
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            stopped.cancel();
-        }
-    });
 
     let source = Source {
         cfg: cfg.mqtt.clone(),
         client,
         eventloop,
-        acks,
         router,
+        completions: done_rx,
         clock,
         metrics: metrics.clone(),
         status: mqtt_status,
     };
-    tracker.spawn(source.run(shutdown.clone(), acks_done));
+    tracker.spawn({
+        let (shutdown, stopped, fatal) = (shutdown.clone(), stopped.clone(), fatal.clone());
+        async move {
+            if let Err(e) = source.run(shutdown.clone()).await {
+                tracing::error!(error = %e, "ingest stopped");
+                fatal.cancel();
+                // Let the shards finish what they hold.
+                shutdown.cancel();
+            }
+            stopped.cancel();
+        }
+    });
 
     // Bound shutdown when the database is down: after the grace period the
     // shards stop retrying and leave unacked messages to the broker.
@@ -223,6 +221,7 @@ pub async fn start<S: Store>(
         http_addr,
         metrics,
         shutdown,
+        fatal,
         tracker,
     })
 }

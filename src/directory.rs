@@ -8,6 +8,7 @@
 //! into a flood of queries.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -62,6 +63,10 @@ pub struct Directory<S> {
     store: S,
     maps: RwLock<Maps>,
     misses: Mutex<HashMap<String, Instant>>,
+    /// Bumped by every notified change. A lookup that went to the database
+    /// caches its answer only if no change landed meanwhile, so a slow
+    /// lookup can never overwrite a newer revocation with an older row.
+    generation: AtomicU64,
 }
 
 impl<S: Store> Directory<S> {
@@ -71,6 +76,7 @@ impl<S: Store> Directory<S> {
             store,
             maps: RwLock::default(),
             misses: Mutex::default(),
+            generation: AtomicU64::new(0),
         });
         dir.reload_all().await?;
         Ok(dir)
@@ -81,7 +87,9 @@ impl<S: Store> Directory<S> {
         for d in self.store.devices().await? {
             maps.insert(d);
         }
-        *self.maps.write().expect("directory lock poisoned") = maps;
+        let mut guard = self.maps.write().expect("directory lock poisoned");
+        *guard = maps;
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.misses.lock().expect("miss lock poisoned").clear();
         Ok(())
     }
@@ -96,6 +104,7 @@ impl<S: Store> Directory<S> {
             Some(d) => maps.insert(d),
             None => maps.remove(id),
         }
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.misses.lock().expect("miss lock poisoned").remove(id);
         Ok(())
     }
@@ -103,6 +112,18 @@ impl<S: Store> Directory<S> {
     fn recently_missed(&self, k: &str) -> bool {
         let misses = self.misses.lock().expect("miss lock poisoned");
         misses.get(k).is_some_and(|t| t.elapsed() < NEGATIVE_TTL)
+    }
+
+    /// Caches a database answer unless a notified change landed since `seen`.
+    fn cache(&self, seen: u64, found: Option<&DeviceRecord>, miss_key: String) {
+        let mut maps = self.maps.write().expect("directory lock poisoned");
+        if self.generation.load(Ordering::SeqCst) != seen {
+            return;
+        }
+        match found {
+            Some(d) => maps.insert(d.clone()),
+            None => self.remember_miss(miss_key),
+        }
     }
 
     fn remember_miss(&self, k: String) {
@@ -127,20 +148,10 @@ impl<S: Store> Directory<S> {
         if self.recently_missed(id.as_str()) {
             return Ok(None);
         }
-        match self.store.device(id).await? {
-            Some(d) => {
-                let d = Arc::new(d);
-                self.maps
-                    .write()
-                    .expect("directory lock poisoned")
-                    .insert((*d).clone());
-                Ok(Some(d))
-            }
-            None => {
-                self.remember_miss(id.as_str().to_owned());
-                Ok(None)
-            }
-        }
+        let seen = self.generation.load(Ordering::SeqCst);
+        let found = self.store.device(id).await?;
+        self.cache(seen, found.as_ref(), id.as_str().to_owned());
+        Ok(found.map(Arc::new))
     }
 
     /// The device enrolled for this OwnTracks pair, if any.
@@ -163,19 +174,10 @@ impl<S: Store> Directory<S> {
         if self.recently_missed(&miss_key) {
             return Ok(None);
         }
-        match self.store.device_by_owntracks(user, device).await? {
-            Some(d) => {
-                self.maps
-                    .write()
-                    .expect("directory lock poisoned")
-                    .insert(d.clone());
-                Ok(Some(Arc::new(d)))
-            }
-            None => {
-                self.remember_miss(miss_key);
-                Ok(None)
-            }
-        }
+        let seen = self.generation.load(Ordering::SeqCst);
+        let found = self.store.device_by_owntracks(user, device).await?;
+        self.cache(seen, found.as_ref(), miss_key);
+        Ok(found.map(Arc::new))
     }
 
     /// Applies change events until cancelled. Errors while reloading are

@@ -31,12 +31,15 @@ async fn main() -> anyhow::Result<()> {
             let cfg = args.to_config()?;
             let store = open(&args.db, (cfg.shards + 4) as u32).await?;
             let running = waypoint::app::start(cfg, store, Arc::new(SystemClock)).await?;
-            let token = running.shutdown_token();
+            let fatal = running.fatal_token();
             tokio::select! {
                 _ = shutdown_signal() => tracing::info!("shutdown requested; draining"),
-                _ = token.cancelled() => {}
+                _ = fatal.cancelled() => {}
             }
             running.stop().await;
+            if fatal.is_cancelled() {
+                anyhow::bail!("ingest stopped after an internal failure (see the log above)");
+            }
             tracing::info!("stopped");
         }
         Command::Migrate(db) => {

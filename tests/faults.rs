@@ -64,10 +64,17 @@ async fn broker_restart_during_a_database_outage_loses_nothing() {
         srv.metrics.deferred.get() > 0,
         "the redelivery should have found the shard queue full"
     );
-    // Deferred messages come back through a resync reconnect and are acked.
+    // Deferred messages come back through a resync reconnect and are acked,
+    // in order, each exactly once; then nothing is left unacknowledged.
     wait_for("everything acked", Duration::from_secs(30), || async {
         srv.metrics.messages_acked.get() >= 60
     })
     .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(srv.metrics.messages_acked.get(), 60, "acked more than once");
+    let (_, m) = http_get(srv.http_addr, "/metrics").await;
+    assert!(m.contains(r#"waypoint_queue_depth{stage="acks"} 0"#), "{m}");
+    assert!(m.contains("waypoint_oldest_unacked_seconds 0.0"), "{m}");
+    assert_eq!(db.count("SELECT count(*) FROM messages").await, 60);
     srv.stop().await;
 }

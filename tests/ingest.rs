@@ -99,13 +99,28 @@ async fn every_published_fix_is_stored_exactly_once() {
     publ.publish(topic, json_msg(&devices[0], 1, 0, 1)).await;
     wait_acked(&srv, 401).await;
     assert_eq!(db.rejections("seq_conflict").await, 1);
+    let conflicting: String = sqlx::query_scalar(
+        "SELECT convert_from(payload, 'UTF8') FROM rejected_messages WHERE reason = 'seq_conflict'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    // The same conflicting message redelivered is on record once; a second,
+    // different version gets its own record.
+    publ.publish(topic, conflicting).await;
+    wait_acked(&srv, 402).await;
+    assert_eq!(db.rejections("seq_conflict").await, 1);
+    publ.publish(topic, json_msg(&devices[0], 1, 0, 2)).await;
+    wait_acked(&srv, 403).await;
+    assert_eq!(db.rejections("seq_conflict").await, 2);
     assert_eq!(db.count("SELECT count(*) FROM fixes").await, 600);
 
     // Metrics endpoint and probes.
     let (code, body) = http_get(srv.http_addr, "/metrics").await;
     assert_eq!(code, 200);
     assert!(body.contains("waypoint_fixes_stored_total 600"), "{body}");
-    assert!(body.contains(r#"waypoint_messages_rejected_total{reason="seq_conflict"} 1"#));
+    assert!(body.contains("waypoint_messages_acked_total 403"), "{body}");
+    assert!(body.contains(r#"waypoint_messages_rejected_total{reason="seq_conflict"} 2"#));
     assert!(body.contains("waypoint_commit_seconds_bucket"));
     assert!(body.contains("waypoint_oldest_unacked_seconds"));
     assert_eq!(http_get(srv.http_addr, "/healthz").await.0, 200);
@@ -327,7 +342,8 @@ async fn enrollment_changes_reach_a_running_server() {
 
     // Enrolled while the server runs: accepted without a restart.
     db.enroll("late-1").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Changes must take effect within a second (NOTIFY usually takes ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     publ.publish(&topic, json_msg("late-1", 1, 2, 1)).await;
     wait_acked(&srv, 2).await;
     assert_eq!(db.count("SELECT count(*) FROM fixes").await, 1);

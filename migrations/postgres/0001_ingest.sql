@@ -90,7 +90,10 @@ CREATE TABLE rejected_messages (
     item_index   integer,
     reason       text NOT NULL,
     detail       text NOT NULL,
-    payload      bytea
+    payload      bytea,
+    -- Identity of the refusal (see RejectionRow::dedupe_key) so a redelivered
+    -- message is recorded once.
+    dedupe_key   bytea NOT NULL UNIQUE
 );
 CREATE INDEX rejected_messages_received_at ON rejected_messages (received_at);
 CREATE INDEX rejected_messages_reason ON rejected_messages (reason, received_at);

@@ -59,6 +59,25 @@ pub fn decode_native(payload: &[u8]) -> Result<WireMessage, DecodeError> {
     }
 }
 
+/// At most `max` bytes of `s`, cut on a character boundary, for quoting
+/// device-supplied text in a refusal's detail.
+pub(crate) fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Whether `s` is safe to store as text: PostgreSQL refuses NUL in `text`,
+/// and control characters in a firmware version or kind are a device bug.
+pub(crate) fn is_printable(s: &str) -> bool {
+    !s.chars().any(char::is_control)
+}
+
 /// Checks shared by all decoders on the sizes of a decoded message.
 pub(crate) fn check_counts(fixes: usize, events: usize) -> Result<(), DecodeError> {
     if fixes > MAX_FIXES_PER_MESSAGE {
@@ -74,4 +93,18 @@ pub(crate) fn check_counts(fixes: usize, events: usize) -> Result<(), DecodeErro
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clipping_never_splits_a_character() {
+        let s = format!("{}é", "a".repeat(31));
+        assert_eq!(clip(&s, 32), "a".repeat(31));
+        assert_eq!(clip("abc", 2), "ab");
+        assert_eq!(clip("é", 1), "");
+        assert!(!is_printable("fw\u{0}1") && is_printable("1.2.3-é"));
+    }
 }

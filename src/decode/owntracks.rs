@@ -47,11 +47,12 @@ pub fn decode(payload: &[u8]) -> Result<WireMessage, DecodeError> {
     let probe: Probe = serde_json::from_slice(payload)
         .map_err(|e| DecodeError::new(RejectReason::MalformedJson, e.to_string()))?;
     if probe.kind != "location" {
-        let mut kind = probe.kind;
-        kind.truncate(32);
         return Err(DecodeError::new(
             RejectReason::UnsupportedType,
-            format!("OwnTracks _type {kind:?}; only \"location\" is accepted"),
+            format!(
+                "OwnTracks _type {:?}; only \"location\" is accepted",
+                super::clip(&probe.kind, 32)
+            ),
         ));
     }
     let l: Location = serde_json::from_slice(payload)
@@ -105,6 +106,10 @@ mod tests {
     #[test]
     fn other_types_are_refused_with_a_reason() {
         let e = decode(br#"{"_type":"lwt","tst":1}"#).unwrap_err();
+        assert_eq!(e.reason, RejectReason::UnsupportedType);
+        // A multi-byte character across the quoting limit must not panic.
+        let long = format!(r#"{{"_type":"{}é"}}"#, "a".repeat(31));
+        let e = decode(long.as_bytes()).unwrap_err();
         assert_eq!(e.reason, RejectReason::UnsupportedType);
         let e = decode(br#"{"_type":"location","lat":"x"}"#).unwrap_err();
         assert_eq!(e.reason, RejectReason::MalformedJson);

@@ -144,11 +144,12 @@ fn fix(f: &WireFix, now: DateTime<Utc>) -> Result<Fix, Refusal> {
 
 fn event(e: &WireEvent, now: DateTime<Utc>) -> Result<DeviceEvent, Refusal> {
     let kind = EventKind::parse(&e.kind).ok_or_else(|| {
-        let mut k = e.kind.clone();
-        k.truncate(MAX_SHORT_STRING);
         (
             RejectReason::UnknownEventKind,
-            format!("event kind {k:?} is not in the protocol's list"),
+            format!(
+                "event kind {:?} is not in the protocol's list",
+                super::clip(&e.kind, MAX_SHORT_STRING)
+            ),
         )
     })?;
     Ok(DeviceEvent {
@@ -175,8 +176,13 @@ fn status(s: &WireStatus) -> Result<Status, Refusal> {
         Some(r @ -200..=0) => Some(r as i16),
         Some(_) => return Err(invalid("rssi must be -200..=0 dBm")),
     };
-    if s.fw.as_ref().is_some_and(|f| f.len() > MAX_SHORT_STRING) {
-        return Err(invalid("fw longer than 64 bytes"));
+    if s.fw
+        .as_ref()
+        .is_some_and(|f| f.len() > MAX_SHORT_STRING || !super::is_printable(f))
+    {
+        return Err(invalid(
+            "fw must be at most 64 bytes without control characters",
+        ));
     }
     Ok(Status {
         battery_pct,
@@ -278,6 +284,10 @@ mod tests {
                     ts_ms: NOW_MS,
                     kind: "self_destruct".into(),
                 },
+                WireEvent {
+                    ts_ms: NOW_MS,
+                    kind: format!("{}é", "x".repeat(63)),
+                },
             ],
         };
         let v = validate(wire, DeviceId::parse("d").unwrap(), now());
@@ -287,7 +297,11 @@ mod tests {
         let reasons: Vec<_> = v.rejections.iter().map(|r| r.reason).collect();
         assert_eq!(
             reasons,
-            vec![RejectReason::UnknownEventKind, RejectReason::InvalidField]
+            vec![
+                RejectReason::UnknownEventKind,
+                RejectReason::UnknownEventKind,
+                RejectReason::InvalidField
+            ]
         );
     }
 }

@@ -2,24 +2,18 @@
 //! message produced is committed, and acks leave in the order the publishes
 //! arrived (MQTT 5 §4.6), although shards commit in any order.
 //!
-//! The MQTT source registers each QoS 1 publish here as it arrives (a short
-//! synchronous lock: the source never awaits). Shards report committed
-//! tickets; the acker task releases the longest committed prefix. A
-//! reconnect starts a new epoch: tickets of the old connection are dropped,
-//! their messages come back as redeliveries (storage is idempotent), and no
-//! ack of an old connection is ever sent on a new one.
+//! [`AckQueue`] is owned by the MQTT source task, the only task that talks to
+//! the event loop: it registers each QoS ≥ 1 publish as it arrives, marks
+//! tickets committed as the shards report them, and sends the releasable
+//! prefix with non-blocking `try_ack`. A connection loss starts a new epoch
+//! at once: tickets of the old connection are forgotten (their messages come
+//! back as redeliveries, which storage absorbs), so no ack of an old
+//! connection can be queued for a new one.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::AsyncClient;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-
-use crate::metrics::Metrics;
 
 /// Identifies one registered publish; handed back after commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,15 +22,26 @@ pub struct AckTicket {
     idx: u64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Handed to a shard, not yet committed.
+    Waiting,
+    /// Committed; releasable once everything before it is.
+    Committed,
+    /// Could not be queued (shard queue full): never acked on this
+    /// connection, so everything after it waits for the next one.
+    Deferred,
+}
+
 #[derive(Debug)]
 struct Pending {
     pkid: u16,
     qos: QoS,
     received: Instant,
-    committed: bool,
+    state: State,
 }
 
-/// Arrival-ordered record of unacknowledged publishes.
+/// Arrival-ordered record of unacknowledged publishes on one connection.
 #[derive(Debug, Default)]
 pub struct AckQueue {
     epoch: u64,
@@ -50,10 +55,8 @@ pub struct AckQueue {
 pub struct ReadyAck {
     /// Packet id on the current connection.
     pub pkid: u16,
-    /// QoS of the publish (1, or 2 which is answered with PUBREC).
+    /// QoS of the publish.
     pub qos: QoS,
-    /// Connection epoch it belongs to.
-    pub epoch: u64,
 }
 
 impl AckQueue {
@@ -65,37 +68,30 @@ impl AckQueue {
         self.epoch
     }
 
-    /// Current connection epoch.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
     /// Registers an arrived publish.
     pub fn register(&mut self, pkid: u16, qos: QoS, now: Instant) -> AckTicket {
+        self.push(pkid, qos, now, State::Waiting)
+    }
+
+    /// Registers an arrived publish that could not be queued. It holds back
+    /// every later ack on this connection, which keeps acks in order; the
+    /// source reconnects once that is all that is left, and the broker then
+    /// redelivers it (and anything behind it not yet acked).
+    pub fn defer(&mut self, pkid: u16, qos: QoS, now: Instant) {
+        self.push(pkid, qos, now, State::Deferred);
+    }
+
+    fn push(&mut self, pkid: u16, qos: QoS, received: Instant, state: State) -> AckTicket {
         let idx = self.base + self.pending.len() as u64;
         self.pending.push_back(Pending {
             pkid,
             qos,
-            received: now,
-            committed: false,
+            received,
+            state,
         });
         AckTicket {
             epoch: self.epoch,
             idx,
-        }
-    }
-
-    /// Withdraws the most recent registration (its publish could not be
-    /// queued): it will not be acked on this connection, and the broker
-    /// redelivers it after the next reconnect. Returns false if `t` is not
-    /// the most recent registration.
-    pub fn withdraw_last(&mut self, t: AckTicket) -> bool {
-        let last = self.base + self.pending.len() as u64;
-        if t.epoch == self.epoch && last > 0 && t.idx == last - 1 && !self.pending.is_empty() {
-            self.pending.pop_back();
-            true
-        } else {
-            false
         }
     }
 
@@ -108,20 +104,33 @@ impl AckQueue {
                 .checked_sub(self.base)
                 .and_then(|i| self.pending.get_mut(i as usize))
             {
-                p.committed = true;
+                if p.state == State::Waiting {
+                    p.state = State::Committed;
+                }
             }
         }
         let mut ready = Vec::new();
-        while self.pending.front().is_some_and(|p| p.committed) {
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| p.state == State::Committed)
+        {
             let p = self.pending.pop_front().expect("front checked");
             self.base += 1;
             ready.push(ReadyAck {
                 pkid: p.pkid,
                 qos: p.qos,
-                epoch: self.epoch,
             });
         }
         ready
+    }
+
+    /// Whether the oldest unacknowledged publish is a deferred one: nothing
+    /// more can be acked on this connection.
+    pub fn blocked_on_deferred(&self) -> bool {
+        self.pending
+            .front()
+            .is_some_and(|p| p.state == State::Deferred)
     }
 
     /// Unacknowledged publishes.
@@ -137,56 +146,6 @@ impl AckQueue {
     /// When the oldest unacknowledged publish arrived.
     pub fn oldest(&self) -> Option<Instant> {
         self.pending.front().map(|p| p.received)
-    }
-}
-
-/// The queue shared by the source (register) and the acker (release).
-pub type SharedAckQueue = Arc<Mutex<AckQueue>>;
-
-/// Releases acks until every completion sender is gone, then returns.
-pub async fn run_acker(
-    queue: SharedAckQueue,
-    mut completions: mpsc::Receiver<Vec<AckTicket>>,
-    client: AsyncClient,
-    metrics: Arc<Metrics>,
-    abandon: tokio_util::sync::CancellationToken,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        let tickets = tokio::select! {
-            t = completions.recv() => match t { Some(t) => t, None => break },
-            _ = tick.tick() => Vec::new(),
-        };
-        let (ready, oldest, depth) = {
-            let mut q = queue.lock().expect("ack queue poisoned");
-            let ready = q.commit(&tickets);
-            (ready, q.oldest(), q.len())
-        };
-        metrics
-            .oldest_unacked_seconds
-            .set(oldest.map_or(0.0, |t| t.elapsed().as_secs_f64()));
-        metrics.set_depth("acks", depth);
-        for a in ready {
-            // A reconnect between release and send: rumqttc drops queued
-            // PubAcks when a connection dies, and we skip those that are
-            // visibly stale here.
-            if queue.lock().expect("ack queue poisoned").epoch() != a.epoch {
-                continue;
-            }
-            let mut p = Publish::new("", a.qos, Vec::new(), None);
-            p.pkid = a.pkid;
-            let sent = tokio::select! {
-                r = client.ack(&p) => r.is_ok(),
-                // Shutdown with no broker: the request channel may never drain.
-                _ = abandon.cancelled() => false,
-            };
-            if !sent {
-                // The event loop is gone: nothing more can be acked; the
-                // broker redelivers the rest.
-                return;
-            }
-            metrics.messages_acked.inc();
-        }
     }
 }
 
@@ -215,20 +174,18 @@ mod tests {
     }
 
     #[test]
-    fn a_withdrawn_publish_does_not_block_the_ones_after_it() {
+    fn a_deferred_publish_holds_back_everything_after_it() {
         let now = Instant::now();
         let mut q = AckQueue::default();
         q.new_epoch();
         let a = q.register(1, QoS::AtLeastOnce, now);
-        let b = q.register(2, QoS::AtLeastOnce, now);
-        assert!(
-            !q.withdraw_last(a),
-            "only the newest registration can be withdrawn"
-        );
-        assert!(q.withdraw_last(b));
+        q.defer(2, QoS::AtLeastOnce, now);
         let c = q.register(3, QoS::AtLeastOnce, now);
         let ready: Vec<u16> = q.commit(&[c, a]).iter().map(|r| r.pkid).collect();
-        assert_eq!(ready, vec![1, 3]);
+        assert_eq!(ready, vec![1], "3 must not overtake the deferred 2");
+        assert!(q.blocked_on_deferred());
+        q.new_epoch();
+        assert!(q.is_empty() && !q.blocked_on_deferred());
     }
 
     #[test]

@@ -1,30 +1,38 @@
-//! The MQTT source: one persistent MQTT v5 session per server instance.
+//! The MQTT source: one persistent MQTT v5 session per server instance, and
+//! the only task that talks to rumqttc's event loop.
 //!
-//! The task that polls rumqttc's event loop never awaits anything else (keep-
-//! alive pings are sent from that loop): it registers each publish with the
-//! acker and `try_send`s it to its shard. Back-pressure is applied by
-//! withholding acks, never by pausing this loop: with Receive Maximum set,
-//! the broker stops sending once that many publishes are unacknowledged,
-//! which is also why a shard queue sized to Receive Maximum normally cannot
-//! overflow. It can after a reconnect while the database is down: the old
-//! connection's messages still sit in the queue when the broker redelivers
-//! them. A publish that finds its shard queue full is then *deferred*: not
-//! registered, not acked; once everything else is acked the source
-//! reconnects so the broker delivers it again. Nothing is dropped and the
-//! poll loop never waits.
+//! It keeps one `poll()` future alive across loop turns (cancelling it could
+//! cut a connect or a write in half) and, beside it, takes committed tickets
+//! from the shards and sends the releasable PUBACKs with non-blocking
+//! `try_ack`. Acks and connection changes are therefore handled by one task
+//! in one order: when the connection drops, the acks of the old connection
+//! are forgotten before anything else happens.
+//!
+//! Back-pressure is applied by withholding acks, never by pausing this loop
+//! (keep-alive pings are sent from it): with Receive Maximum set, the broker
+//! stops sending once that many publishes are unacknowledged, which is why a
+//! shard queue sized to Receive Maximum normally cannot overflow. It can after
+//! a reconnect while the database is down: the old connection's messages
+//! still sit in the queue when the broker redelivers them. Such a publish is
+//! *deferred* ([`AckQueue::defer`]): never dropped, never acked out of order;
+//! once the shard queues have drained the source reconnects and the broker
+//! delivers it again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::Outgoing;
+use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::acker::SharedAckQueue;
+use super::acker::{AckQueue, AckTicket, ReadyAck};
 use super::topic;
 use super::Incoming;
 use crate::clock::SharedClock;
@@ -108,37 +116,63 @@ pub struct MqttStatus {
     pub subscribed: AtomicBool,
 }
 
+/// Why the source stopped other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A shard's queue closed while the source was running: the shard task
+    /// ended unexpectedly, and nothing routed to it could be processed.
+    #[error("a shard stopped unexpectedly; ingest cannot continue")]
+    ShardStopped,
+}
+
+/// How long to wait for our final DISCONNECT to be written at shutdown.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Everything the source needs.
 pub struct Source {
     /// Broker settings.
     pub cfg: MqttConfig,
-    /// Client handle (subscribe, disconnect).
+    /// Client handle (subscribe, ack, disconnect).
     pub client: AsyncClient,
     /// The event loop this task polls.
     pub eventloop: EventLoop,
-    /// Registration side of the ordered acker.
-    pub acks: SharedAckQueue,
-    /// Shard senders; dropped when draining so the shards can finish.
+    /// Shard senders; dropped at shutdown so the shards can drain and finish.
     pub router: ShardRouter,
+    /// Committed tickets from the shards; closes when every shard has finished.
+    pub completions: mpsc::Receiver<Vec<AckTicket>>,
     /// Receive times.
     pub clock: SharedClock,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Readiness flag.
+    /// Readiness flags.
     pub status: Arc<MqttStatus>,
 }
 
+/// One poll of the event loop, after an optional back-off; owning the event
+/// loop lets the future live across loop turns.
+async fn poll_once(
+    mut el: EventLoop,
+    delay: Duration,
+) -> (EventLoop, Result<Event, ConnectionError>) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let r = el.poll().await;
+    (el, r)
+}
+
 impl Source {
-    /// Polls until `shutdown`; then stops taking publishes, lets the shards
-    /// drain, keeps polling until `acks_done` so the final acks go out, and
-    /// disconnects (the session persists; unacked messages are redelivered).
-    pub async fn run(self, shutdown: CancellationToken, acks_done: CancellationToken) {
+    /// Runs until shutdown has drained: on `shutdown` it stops taking
+    /// publishes and drops the shard senders; shards commit what they hold
+    /// and finish; the final acks go out; then it disconnects (the session
+    /// persists, so anything unacked is redelivered to the next start).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), SourceError> {
         let Source {
             cfg,
             client,
-            mut eventloop,
-            acks,
+            eventloop,
             router,
+            mut completions,
             clock,
             metrics,
             status,
@@ -148,149 +182,197 @@ impl Source {
             topic::native_filter(&cfg.topic_prefix),
             topic::owntracks_filter(&cfg.topic_prefix),
         ];
-        let mut backoff = Duration::from_millis(100);
-        let mut disconnect_sent = false;
-        // Publishes of this connection left unacked because their shard
-        // queue was full; they come back after a reconnect.
-        let mut deferred = 0u64;
-        // Set on every ConnAck; cleared once the SUBSCRIBE request is queued
-        // (the request channel may be momentarily full of acks).
+        let mut acks = AckQueue::default();
+        // Acks released but not yet accepted by the request channel.
+        let mut outbox: Vec<ReadyAck> = Vec::new();
+        let mut connected = false;
+        let mut completions_open = true;
         let mut need_subscribe = false;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut disconnect_deadline: Option<Instant> = None;
+        let mut backoff = Duration::from_millis(100);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut poll = Box::pin(poll_once(eventloop, Duration::ZERO));
+        let lost = |acks: &mut AckQueue, outbox: &mut Vec<ReadyAck>| {
+            acks.new_epoch();
+            outbox.clear();
+            status.connected.store(false, Ordering::SeqCst);
+            status.subscribed.store(false, Ordering::SeqCst);
+            metrics.mqtt_connected.set(0);
+        };
         loop {
-            let ev = tokio::select! {
+            tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if router.is_some() => {
                     // Dropping the senders closes the shard queues once empty.
                     router = None;
-                    continue;
                 }
-                _ = acks_done.cancelled(), if router.is_none() && !disconnect_sent => {
-                    disconnect_sent = true;
-                    if client.try_disconnect().is_err() { break }
-                    continue;
-                }
+                done = completions.recv(), if completions_open => match done {
+                    Some(tickets) => {
+                        outbox.extend(acks.commit(&tickets));
+                        send_acks(&client, &mut outbox, &metrics);
+                    }
+                    None => {
+                        // Every shard has finished: the final acks are queued.
+                        completions_open = false;
+                        if connected && client.try_disconnect().is_ok() {
+                            disconnect_deadline = Some(Instant::now() + DISCONNECT_TIMEOUT);
+                        } else {
+                            break;
+                        }
+                    }
+                },
                 _ = tick.tick() => {
+                    if disconnect_deadline.is_some_and(|d| Instant::now() > d) {
+                        tracing::warn!("final DISCONNECT not confirmed; stopping anyway");
+                        break;
+                    }
+                    send_acks(&client, &mut outbox, &metrics);
                     if need_subscribe {
                         need_subscribe = !subscribe(&client, &filters);
                     }
-                    if deferred > 0
-                        && router.is_some()
-                        && acks.lock().expect("ack queue poisoned").is_empty()
-                    {
-                        tracing::info!(deferred, "reconnecting so the broker redelivers deferred messages");
-                        deferred = 0;
+                    metrics.set_depth("acks", acks.len());
+                    metrics.oldest_unacked_seconds.set(
+                        acks.oldest().map_or(0.0, |t| t.elapsed().as_secs_f64()),
+                    );
+                    let queues_drained = router.as_ref().is_some_and(|r| {
+                        r.senders().iter().all(|s| s.capacity() == s.max_capacity())
+                    });
+                    if connected && acks.blocked_on_deferred() && queues_drained {
+                        tracing::info!("reconnecting so the broker redelivers deferred messages");
                         let _ = client.try_disconnect();
                     }
-                    continue;
                 }
-                ev = eventloop.poll() => ev,
-            };
-            match ev {
-                Ok(Event::Incoming(Packet::ConnAck(ca))) => {
-                    let epoch = acks.lock().expect("ack queue poisoned").new_epoch();
-                    deferred = 0;
-                    status.connected.store(true, Ordering::SeqCst);
-                    metrics.mqtt_connected.set(1);
-                    metrics.mqtt_connects.inc();
-                    backoff = Duration::from_millis(100);
-                    tracing::info!(
-                        session_present = ca.session_present,
-                        epoch,
-                        "connected to broker"
-                    );
-                    // Subscriptions survive in a resumed session, but
-                    // re-subscribing is harmless and covers an expired one.
-                    status.subscribed.store(false, Ordering::SeqCst);
-                    need_subscribe = !subscribe(&client, &filters);
-                }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    let refused: Vec<_> = ack
-                        .return_codes
-                        .iter()
-                        .filter(|c| !matches!(c, SubscribeReasonCode::Success(_)))
-                        .collect();
-                    if refused.is_empty() {
-                        status.subscribed.store(true, Ordering::SeqCst);
-                    } else {
-                        // Typically the broker ACL: nothing will arrive, and
-                        // /readyz says so.
-                        tracing::error!(?refused, ?filters, "broker refused a subscription");
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let Some(router) = &router else {
-                        // Draining: not registered, never acked; the broker
-                        // redelivers it to the next session.
-                        continue;
-                    };
-                    metrics.messages_received.inc();
-                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                    let ticket = (p.qos != QoS::AtMostOnce).then(|| {
-                        acks.lock().expect("ack queue poisoned").register(
-                            p.pkid,
-                            p.qos,
-                            tokio::time::Instant::now(),
-                        )
-                    });
-                    let inc = Incoming {
-                        topic,
-                        payload: p.payload,
-                        received_at: clock.now(),
-                        ticket,
-                    };
-                    match router.sender_for(&inc.topic).try_send(inc) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(inc)) => {
-                            match inc.ticket {
-                                None => {
-                                    metrics.qos0_dropped.inc();
-                                }
-                                Some(t) => {
-                                    acks.lock().expect("ack queue poisoned").withdraw_last(t);
-                                    if deferred == 0 {
-                                        tracing::warn!("shard queue full; deferring publishes until a reconnect");
-                                    }
-                                    deferred += 1;
-                                    metrics.deferred.inc();
-                                }
+                (el, ev) = &mut poll => {
+                    let mut delay = Duration::ZERO;
+                    match ev {
+                        Ok(Event::Incoming(Packet::ConnAck(ca))) => {
+                            let epoch = acks.new_epoch();
+                            outbox.clear();
+                            connected = true;
+                            status.connected.store(true, Ordering::SeqCst);
+                            metrics.mqtt_connected.set(1);
+                            metrics.mqtt_connects.inc();
+                            backoff = Duration::from_millis(100);
+                            tracing::info!(session_present = ca.session_present, epoch, "connected to broker");
+                            // Subscriptions survive in a resumed session, but
+                            // re-subscribing is harmless and covers an expired one.
+                            need_subscribe = !subscribe(&client, &filters);
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                            let refused: Vec<_> = ack
+                                .return_codes
+                                .iter()
+                                .filter(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+                                .collect();
+                            if refused.is_empty() {
+                                status.subscribed.store(true, Ordering::SeqCst);
+                            } else {
+                                // Typically the broker ACL: nothing will arrive,
+                                // and /readyz says so.
+                                tracing::error!(?refused, ?filters, "broker refused a subscription");
                             }
                         }
-                        Err(TrySendError::Closed(_)) => break,
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            if let Some(router) = &router {
+                                let r = route(p, router, &mut acks, &clock, &metrics);
+                                if r.is_err() {
+                                    return Err(SourceError::ShardStopped);
+                                }
+                            }
+                            // Draining: not registered, never acked; the broker
+                            // redelivers it to the next session.
+                        }
+                        Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                            tracing::warn!(reason = ?d.reason_code, "broker sent DISCONNECT");
+                        }
+                        Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                            // Ours. At shutdown this is the end; otherwise a
+                            // resync, and the next poll reconnects.
+                            if disconnect_deadline.is_some() {
+                                break;
+                            }
+                            connected = false;
+                            lost(&mut acks, &mut outbox);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            // rumqttc has already dropped the PubAcks still in
+                            // its request channel; forget this connection's
+                            // tickets before anything can release more.
+                            if connected {
+                                tracing::warn!(error = %e, "broker connection lost");
+                            } else {
+                                tracing::debug!(error = %e, "broker connection attempt failed");
+                            }
+                            connected = false;
+                            lost(&mut acks, &mut outbox);
+                            if disconnect_deadline.is_some() || !completions_open {
+                                break;
+                            }
+                            delay = backoff;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
                     }
-                }
-                Ok(Event::Incoming(Packet::Disconnect(d))) => {
-                    tracing::warn!(reason = ?d.reason_code, "broker sent DISCONNECT");
-                }
-                // Our own DISCONNECT: the end at shutdown; otherwise a
-                // resync, and the next poll reconnects.
-                Ok(Event::Outgoing(Outgoing::Disconnect)) if disconnect_sent => break,
-                Ok(_) => {}
-                Err(e) => {
-                    status.subscribed.store(false, Ordering::SeqCst);
-                    if status.connected.swap(false, Ordering::SeqCst) {
-                        tracing::warn!(error = %e, "broker connection lost");
-                    } else {
-                        tracing::debug!(error = %e, "broker connection attempt failed");
-                    }
-                    metrics.mqtt_connected.set(0);
-                    if disconnect_sent || (router.is_none() && acks_done.is_cancelled()) {
-                        break;
-                    }
-                    // Waiting here is safe: with no connection there is no
-                    // keep-alive to send.
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = acks_done.cancelled(), if router.is_none() => break,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    poll = Box::pin(poll_once(el, delay));
                 }
             }
         }
-        status.connected.store(false, Ordering::SeqCst);
-        status.subscribed.store(false, Ordering::SeqCst);
-        metrics.mqtt_connected.set(0);
+        lost(&mut acks, &mut outbox);
+        Ok(())
     }
+}
+
+/// Registers a publish and hands it to its shard. `Err` only if the shard is gone.
+fn route(
+    p: Publish,
+    router: &ShardRouter,
+    acks: &mut AckQueue,
+    clock: &SharedClock,
+    metrics: &Metrics,
+) -> Result<(), ()> {
+    metrics.messages_received.inc();
+    let now = Instant::now();
+    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+    let permit = match router.sender_for(&topic).try_reserve() {
+        Ok(permit) => permit,
+        Err(TrySendError::Closed(())) => return Err(()),
+        Err(TrySendError::Full(())) => {
+            if p.qos == QoS::AtMostOnce {
+                metrics.qos0_dropped.inc();
+            } else {
+                if metrics.deferred.get() == 0 {
+                    tracing::warn!("shard queue full; deferring publishes until a reconnect");
+                }
+                acks.defer(p.pkid, p.qos, now);
+                metrics.deferred.inc();
+            }
+            return Ok(());
+        }
+    };
+    let ticket = (p.qos != QoS::AtMostOnce).then(|| acks.register(p.pkid, p.qos, now));
+    permit.send(Incoming {
+        topic,
+        payload: p.payload,
+        received_at: clock.now(),
+        ticket,
+    });
+    Ok(())
+}
+
+/// Hands released acks to the request channel, in order, without waiting;
+/// whatever does not fit stays in `outbox` for the next turn.
+fn send_acks(client: &AsyncClient, outbox: &mut Vec<ReadyAck>, metrics: &Metrics) {
+    let mut sent = 0;
+    for a in outbox.iter() {
+        let mut p = Publish::new("", a.qos, Vec::new(), None);
+        p.pkid = a.pkid;
+        if client.try_ack(&p).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    outbox.drain(..sent);
+    metrics.messages_acked.inc_by(sent as u64);
 }
 
 /// Queues one SUBSCRIBE for all filters; false if the request channel was full.

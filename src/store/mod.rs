@@ -234,6 +234,33 @@ pub(crate) struct RejectionRow {
 }
 
 impl RejectionRow {
+    /// Identity of a refusal, so a redelivered message (same topic, same
+    /// bytes) is recorded once, while a different message, even one with the
+    /// same key (a second conflicting version), gets its own record.
+    pub(crate) fn dedupe_key(&self) -> [u8; 16] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let field = |h: &mut Sha256, b: &[u8]| {
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        field(&mut h, self.reason.as_str().as_bytes());
+        field(&mut h, self.topic.as_bytes());
+        h.update(self.device_key.unwrap_or(-1).to_le_bytes());
+        if let Some(k) = self.key {
+            h.update(k.boot.to_le_bytes());
+            h.update(k.seq.to_le_bytes());
+        }
+        if let Some((kind, i)) = self.item {
+            field(&mut h, kind.as_str().as_bytes());
+            h.update(i.to_le_bytes());
+        }
+        field(&mut h, self.payload.as_deref().unwrap_or_default());
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize()[..16]);
+        out
+    }
+
     pub(crate) fn whole(r: &Rejection) -> Self {
         Self {
             received_at: r.received_at,

@@ -341,11 +341,13 @@ impl Store for PgStore {
         // 3. Everything else new messages carry.
         insert_events(&mut tx, &fresh).await?;
         upsert_status(&mut tx, &fresh).await?;
-        insert_rejections(&mut tx, &rejections).await?;
+        let recorded = insert_rejections(&mut tx, &rejections).await?;
 
         tx.commit().await.map_err(classify)?;
-        for r in &rejections {
-            *report.rejections.entry(r.reason).or_default() += 1;
+        // Only rows actually written count: a redelivered refusal is already
+        // on record.
+        for r in recorded {
+            *report.rejections.entry(r).or_default() += 1;
         }
         Ok(report)
     }
@@ -526,7 +528,10 @@ async fn upsert_status(
 ) -> Result<(), StoreError> {
     // ON CONFLICT DO UPDATE refuses to touch one row twice in a statement, so
     // keep the newest status per device; rows are sorted by key so concurrent
-    // shards lock devices in the same order and cannot deadlock.
+    // shards lock devices in the same order and cannot deadlock. Within one
+    // boot a higher seq is newer; across boots (a restart, a reflashed
+    // counter, or the OwnTracks stream beside the native one) the later
+    // receive wins.
     let mut latest: HashMap<i64, &AcceptedMessage> = HashMap::new();
     for m in fresh.iter().filter(|m| m.telemetry.status.is_some()) {
         let e = latest.entry(m.device_key).or_insert(m);
@@ -564,7 +569,8 @@ async fn upsert_status(
          received_at = EXCLUDED.received_at, battery_pct = EXCLUDED.battery_pct, \
          charging = EXCLUDED.charging, strap = EXCLUDED.strap, beacon = EXCLUDED.beacon, \
          rssi_dbm = EXCLUDED.rssi_dbm, firmware = EXCLUDED.firmware \
-         WHERE (s.boot, s.seq) < (EXCLUDED.boot, EXCLUDED.seq)",
+         WHERE (s.boot = EXCLUDED.boot AND s.seq < EXCLUDED.seq) \
+            OR (s.boot <> EXCLUDED.boot AND s.received_at <= EXCLUDED.received_at)",
     )
     .bind(&dk)
     .bind(&bt)
@@ -585,9 +591,9 @@ async fn upsert_status(
 async fn insert_rejections(
     conn: &mut sqlx::PgConnection,
     rows: &[RejectionRow],
-) -> Result<(), StoreError> {
+) -> Result<Vec<crate::domain::RejectReason>, StoreError> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut rc = vec![];
     let mut topic = vec![];
@@ -600,24 +606,27 @@ async fn insert_rejections(
     let mut reason = vec![];
     let mut detail = vec![];
     let mut payload: Vec<Option<&[u8]>> = vec![];
+    let mut dedupe = vec![];
     for r in rows {
         rc.push(r.received_at);
-        topic.push(r.topic.as_str());
+        topic.push(pg_text(&r.topic));
         dk.push(r.device_key);
-        claim.push(r.device_claim.as_deref());
+        claim.push(r.device_claim.as_deref().map(pg_text));
         bt.push(r.key.map(|k| k.boot));
         sq.push(r.key.map(|k| k.seq));
         ik.push(r.item.map(|(k, _)| k.as_str()));
         ix.push(r.item.map(|(_, i)| i as i32));
         reason.push(r.reason.as_str());
-        detail.push(r.detail.as_str());
+        detail.push(pg_text(&r.detail));
         payload.push(r.payload.as_deref());
+        dedupe.push(r.dedupe_key().to_vec());
     }
-    sqlx::query(
+    let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO rejected_messages (received_at, topic, device_key, device_claim, boot, seq, \
-         item_kind, item_index, reason, detail, payload) \
+         item_kind, item_index, reason, detail, payload, dedupe_key) \
          SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::int8[], $4::text[], $5::int8[], \
-         $6::int8[], $7::text[], $8::int4[], $9::text[], $10::text[], $11::bytea[])",
+         $6::int8[], $7::text[], $8::int4[], $9::text[], $10::text[], $11::bytea[], $12::bytea[]) \
+         ON CONFLICT DO NOTHING RETURNING reason",
     )
     .bind(&rc)
     .bind(&topic)
@@ -630,8 +639,26 @@ async fn insert_rejections(
     .bind(&reason)
     .bind(&detail)
     .bind(&payload)
-    .execute(conn)
+    .bind(&dedupe)
+    .fetch_all(conn)
     .await
     .map_err(classify)?;
-    Ok(())
+    Ok(inserted
+        .iter()
+        .filter_map(|r| {
+            crate::domain::RejectReason::ALL
+                .into_iter()
+                .find(|x| x.as_str() == r)
+        })
+        .collect())
+}
+
+/// PostgreSQL `text` cannot hold NUL; MQTT forbids it in topics but a
+/// broker may pass it through, and it must not cost the refusal record.
+fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{fffd}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
 }

@@ -154,7 +154,7 @@ async fn flush<S: Store>(ctx: &ShardContext<S>, batch: &mut Batch) -> bool {
     let tickets = std::mem::take(&mut batch.tickets);
     *batch = Batch::new();
     if !tickets.is_empty() && ctx.completions.send(tickets).await.is_err() {
-        tracing::error!("acker is gone; committed messages will be redelivered");
+        tracing::error!("the MQTT source is gone; committed messages will be redelivered");
     }
     true
 }
