@@ -188,7 +188,9 @@ impl Source {
         let mut connected = false;
         let mut completions_open = true;
         let mut need_subscribe = false;
-        let mut disconnect_deadline: Option<Instant> = None;
+        // Shutdown: when to give up on flushing, and whether DISCONNECT is queued.
+        let mut finish_by: Option<Instant> = None;
+        let mut disconnect_requested = false;
         let mut backoff = Duration::from_millis(100);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut poll = Box::pin(poll_once(eventloop, Duration::ZERO));
@@ -212,21 +214,24 @@ impl Source {
                         send_acks(&client, &mut outbox, &metrics);
                     }
                     None => {
-                        // Every shard has finished: the final acks are queued.
+                        // Every shard has finished: the final acks are released.
                         completions_open = false;
-                        if connected && client.try_disconnect().is_ok() {
-                            disconnect_deadline = Some(Instant::now() + DISCONNECT_TIMEOUT);
-                        } else {
+                        if !connected {
                             break;
                         }
+                        finish_by = Some(Instant::now() + DISCONNECT_TIMEOUT);
+                        disconnect_when_flushed(&client, &outbox, &mut disconnect_requested);
                     }
                 },
                 _ = tick.tick() => {
-                    if disconnect_deadline.is_some_and(|d| Instant::now() > d) {
-                        tracing::warn!("final DISCONNECT not confirmed; stopping anyway");
+                    if finish_by.is_some_and(|d| Instant::now() > d) {
+                        tracing::warn!("final acks or DISCONNECT not confirmed in time; stopping anyway");
                         break;
                     }
                     send_acks(&client, &mut outbox, &metrics);
+                    if !completions_open {
+                        disconnect_when_flushed(&client, &outbox, &mut disconnect_requested);
+                    }
                     if need_subscribe {
                         need_subscribe = !subscribe(&client, &filters);
                     }
@@ -288,7 +293,7 @@ impl Source {
                         Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                             // Ours. At shutdown this is the end; otherwise a
                             // resync, and the next poll reconnects.
-                            if disconnect_deadline.is_some() {
+                            if !completions_open {
                                 break;
                             }
                             connected = false;
@@ -306,7 +311,7 @@ impl Source {
                             }
                             connected = false;
                             lost(&mut acks, &mut outbox);
-                            if disconnect_deadline.is_some() || !completions_open {
+                            if !completions_open {
                                 break;
                             }
                             delay = backoff;
@@ -357,6 +362,14 @@ fn route(
         ticket,
     });
     Ok(())
+}
+
+/// At shutdown, queues DISCONNECT once every final ack is in the request
+/// channel ahead of it (the channel is FIFO, so they are written first).
+fn disconnect_when_flushed(client: &AsyncClient, outbox: &[ReadyAck], requested: &mut bool) {
+    if !*requested && outbox.is_empty() {
+        *requested = client.try_disconnect().is_ok();
+    }
 }
 
 /// Hands released acks to the request channel, in order, without waiting;
