@@ -191,6 +191,9 @@ impl Source {
         // Shutdown: when to give up on flushing, and whether DISCONNECT is queued.
         let mut finish_by: Option<Instant> = None;
         let mut disconnect_requested = false;
+        // A resync DISCONNECT is queued; one is enough (a second would stay
+        // queued and end the next connection too).
+        let mut resync_requested = false;
         let mut backoff = Duration::from_millis(100);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut poll = Box::pin(poll_once(eventloop, Duration::ZERO));
@@ -242,9 +245,9 @@ impl Source {
                     let queues_drained = router.as_ref().is_some_and(|r| {
                         r.senders().iter().all(|s| s.capacity() == s.max_capacity())
                     });
-                    if connected && acks.blocked_on_deferred() && queues_drained {
+                    if connected && !resync_requested && acks.blocked_on_deferred() && queues_drained {
                         tracing::info!("reconnecting so the broker redelivers deferred messages");
-                        let _ = client.try_disconnect();
+                        resync_requested = client.try_disconnect().is_ok();
                     }
                 }
                 (el, ev) = &mut poll => {
@@ -254,6 +257,7 @@ impl Source {
                             let epoch = acks.new_epoch();
                             outbox.clear();
                             connected = true;
+                            resync_requested = false;
                             status.connected.store(true, Ordering::SeqCst);
                             metrics.mqtt_connected.set(1);
                             metrics.mqtt_connects.inc();
