@@ -105,8 +105,11 @@ pub struct ServeArgs {
     /// Seconds the broker keeps our session and queued messages while we are down.
     #[arg(long, env = "WAYPOINT_SESSION_EXPIRY_SECS", default_value_t = 86_400)]
     pub session_expiry_secs: u32,
-    /// MQTT Receive Maximum: unacknowledged publishes in flight to us.
-    #[arg(long, env = "WAYPOINT_RECEIVE_MAXIMUM", default_value_t = 2_000)]
+    /// MQTT Receive Maximum: unacknowledged publishes in flight to us. It
+    /// bounds memory (at most this many payloads are held) and, because acks
+    /// wait for commits, it also caps throughput at about this many messages
+    /// per commit latency (BENCHMARKS.md).
+    #[arg(long, env = "WAYPOINT_RECEIVE_MAXIMUM", default_value_t = 5_000)]
     pub receive_maximum: u16,
     /// Application payload cap in bytes; larger payloads are refused as `oversize`.
     #[arg(long, env = "WAYPOINT_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024)]

@@ -20,12 +20,15 @@ impl Drop for Broker {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Two distinct free ports: both listeners are held open while asking, so
+/// the OS cannot hand out the same port twice.
+fn two_free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
 }
 
 fn run(cmd: &mut Command) {
@@ -73,7 +76,7 @@ pub fn start_broker(users: &[(&str, &str)]) -> Broker {
         }
         run(c.arg("-b").arg(&passwd).arg(u).arg(p));
     }
-    let (port, tls_port) = (free_port(), free_port());
+    let (port, tls_port) = two_free_ports();
     let p = |name: &str| d.join(name).display().to_string();
     let conf = conf
         .replace("listener 1883 127.0.0.1", &format!("listener {port} 127.0.0.1"))
