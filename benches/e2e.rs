@@ -19,12 +19,13 @@ use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Option
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use sqlx::{Connection, Executor};
 
+mod common;
+
+use common::ScratchDb;
 use waypoint::clock::{Clock, SystemClock};
 use waypoint::config::{Cli, Command};
-use waypoint::domain::DeviceId;
 use waypoint::ingest::topic::native_topic;
 use waypoint::store::postgres::PgStore;
-use waypoint::store::Store;
 
 const DEVICES: usize = 1_000;
 const MESSAGES: usize = 40_000;
@@ -253,31 +254,8 @@ async fn waypoint_e2e(port: u16, db_url: &str) -> (f64, f64, f64) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let admin_url = std::env::var("WAYPOINT_BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("wp_e2e_{}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .expect("PostgreSQL");
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
-    {
-        let store = PgStore::connect(&url, 2).await.unwrap();
-        store.migrate().await.unwrap();
-        for d in 0..DEVICES {
-            store
-                .add_device(
-                    &DeviceId::parse(&format!("e2e-{d}")).unwrap(),
-                    None,
-                    SystemClock.now(),
-                )
-                .await
-                .unwrap();
-        }
-    }
+    let db = ScratchDb::create("e2e", DEVICES, "e2e-").await;
+    let url = db.url.clone();
     println!(
         "end-to-end: {MESSAGES} QoS 1 messages × {FIXES_PER_MSG} fixes from {DEVICES} devices over {PUBLISHERS} publisher connections\n"
     );
@@ -302,7 +280,5 @@ async fn main() {
         );
     }
     println!("\nwaypoint msg/s counts a message once Waypoint has committed it and sent its PUBACK; fixes/s = msg/s × {FIXES_PER_MSG}");
-    let _ = admin
-        .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
-        .await;
+    db.drop_database().await;
 }

@@ -11,10 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sqlx::{Connection, Executor, PgPool};
+use sqlx::{Executor, PgPool};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
+use common::ScratchDb;
 use waypoint::clock::{Clock, SystemClock};
 use waypoint::decode::{self, binary, WireFix, WireMessage};
 use waypoint::directory::Directory;
@@ -324,34 +327,13 @@ fn peak_rss_mib() -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let admin_url = std::env::var("WAYPOINT_BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("wp_bench_{}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .expect("PostgreSQL must be reachable for the benchmark");
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+    let db = ScratchDb::create("bench", DEVICES, "bench-").await;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(SHARDS as u32 + 4)
-        .connect(&url)
+        .connect(&db.url)
         .await
         .unwrap();
     let store = PgStore::from_pool(pool.clone());
-    store.migrate().await.unwrap();
-    for d in 0..DEVICES {
-        store
-            .add_device(
-                &DeviceId::parse(&format!("bench-{d}")).unwrap(),
-                None,
-                SystemClock.now(),
-            )
-            .await
-            .unwrap();
-    }
 
     println!(
         "ingest benchmark: {TOTAL_FIXES} fixes, {DEVICES} devices, {SHARDS} shards, batches of {BATCH_FIXES} fixes\n"
@@ -421,7 +403,5 @@ async fn main() {
         peak_rss_mib()
     );
     pool.close().await;
-    let _ = admin
-        .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
-        .await;
+    db.drop_database().await;
 }
