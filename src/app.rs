@@ -66,11 +66,6 @@ pub struct Running {
 }
 
 impl Running {
-    /// Token that starts a graceful shutdown when cancelled.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
     /// Cancelled if a stage failed and the server stopped on its own.
     pub fn fatal_token(&self) -> CancellationToken {
         self.fatal.clone()

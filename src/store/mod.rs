@@ -86,13 +86,8 @@ impl Rejection {
             }
         }
         if let Some(c) = &mut self.device_claim {
-            if c.len() > 128 {
-                let mut end = 128;
-                while !c.is_char_boundary(end) {
-                    end -= 1;
-                }
-                c.truncate(end);
-            }
+            let end = crate::decode::clip(c, 128).len();
+            c.truncate(end);
         }
         self
     }

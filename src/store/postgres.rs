@@ -96,8 +96,7 @@ fn device_from_row(r: &sqlx::postgres::PgRow) -> Result<DeviceRecord, StoreError
     })
 }
 
-const DEVICE_COLUMNS: &str =
-    "device_key, device_id, owntracks_user, owntracks_device, revoked_at FROM devices";
+const DEVICE_COLUMNS: &str = "device_key, device_id, owntracks_user, owntracks_device, revoked_at";
 
 /// Column arrays for one UNNEST insert of fixes; also used by the benchmark
 /// baseline so both measure the same statement.
@@ -353,7 +352,7 @@ impl Store for PgStore {
     }
 
     async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {DEVICE_COLUMNS}"))
+        let rows = sqlx::query(&format!("SELECT {DEVICE_COLUMNS} FROM devices"))
             .fetch_all(&self.pool)
             .await
             .map_err(classify)?;
@@ -361,11 +360,13 @@ impl Store for PgStore {
     }
 
     async fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {DEVICE_COLUMNS} WHERE device_id = $1"))
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(classify)?;
+        let row = sqlx::query(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = $1"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
         row.as_ref().map(device_from_row).transpose()
     }
 
@@ -375,7 +376,7 @@ impl Store for PgStore {
         device: &str,
     ) -> Result<Option<DeviceRecord>, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {DEVICE_COLUMNS} WHERE owntracks_user = $1 AND owntracks_device = $2"
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE owntracks_user = $1 AND owntracks_device = $2"
         ))
         .bind(user)
         .bind(device)
@@ -393,8 +394,7 @@ impl Store for PgStore {
     ) -> Result<DeviceRecord, StoreError> {
         let row = sqlx::query(&format!(
             "INSERT INTO devices (device_id, owntracks_user, owntracks_device, enrolled_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING {}",
-            DEVICE_COLUMNS.trim_end_matches(" FROM devices")
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING {DEVICE_COLUMNS}"
         ))
         .bind(id.as_str())
         .bind(owntracks.map(|o| o.0))

@@ -17,7 +17,7 @@ use super::prepare::{prepare, PrepareConfig};
 use crate::directory::Directory;
 use crate::domain::RejectReason;
 use crate::ingest::{AckTicket, Incoming};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StageLabels};
 use crate::store::{CommitReport, Outcome, Prepared, Rejection, Store, StoreError};
 
 /// Batching settings.
@@ -72,6 +72,12 @@ pub async fn run_shard<S: Store>(
     cfg: ShardConfig,
 ) {
     let mut batch = Batch::new();
+    // One handle for this shard's gauge: no label lookup per message.
+    let depth = ctx
+        .metrics
+        .queue_depth
+        .get_or_create(&StageLabels { stage: name })
+        .clone();
     loop {
         let deadline = batch.deadline;
         tokio::select! {
@@ -95,7 +101,7 @@ pub async fn run_shard<S: Store>(
                 if full && !flush(&ctx, &mut batch).await {
                     return;
                 }
-                ctx.metrics.set_depth(&name, rx.len());
+                depth.set(rx.len() as i64);
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 if !flush(&ctx, &mut batch).await { return }
