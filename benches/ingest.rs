@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 mod common;
 
 use common::ScratchDb;
+use waypoint::alerts::outbox::Outbox;
 use waypoint::clock::{Clock, SystemClock};
 use waypoint::decode::{self, binary, WireFix, WireMessage};
 use waypoint::directory::Directory;
@@ -26,9 +27,17 @@ use waypoint::ingest::acker::AckQueue;
 use waypoint::ingest::topic::native_topic;
 use waypoint::ingest::Incoming;
 use waypoint::metrics::Metrics;
+use waypoint::rules::engine::RulesConfig;
+use waypoint::rules::snapshot::Snapshot;
+use waypoint::rules::watchdog::Liveness;
+use waypoint::rules::Rules;
+use waypoint::scenario::Scenario;
+use waypoint::scenario::{AssignmentSpec, RuleSpec, SuperviseeSpec, ZoneSpec};
 use waypoint::store::postgres::{FixColumns, PgStore};
-use waypoint::store::{AcceptedMessage, Prepared, Store};
-use waypoint::track::{prepare, run_shard, PrepareConfig, ShardConfig, ShardContext, ShardRouter};
+use waypoint::store::{AcceptedMessage, NoRules, Prepared, Store};
+use waypoint::track::{
+    prepare, run_shard, PrepareConfig, ShardConfig, ShardContext, ShardRouter, ShardRules,
+};
 
 const DEVICES: usize = 1_000;
 const TOTAL_FIXES: usize = 300_000;
@@ -105,9 +114,12 @@ fn json_of(m: &WireMessage) -> Vec<u8> {
 }
 
 async fn reset(pool: &PgPool) {
-    pool.execute("TRUNCATE fixes, messages, device_status, device_events, rejected_messages")
-        .await
-        .expect("truncate");
+    pool.execute(
+        "TRUNCATE fixes, messages, device_status, device_events, rejected_messages, \
+         device_state, device_timeline, alert_evidence, alert_events, alert_actions, alerts",
+    )
+    .await
+    .expect("truncate");
 }
 
 struct PipelineRun {
@@ -117,7 +129,11 @@ struct PipelineRun {
     p99_ms: f64,
 }
 
-async fn run_pipeline(store: &PgStore, input: &[(String, Bytes)]) -> PipelineRun {
+async fn run_pipeline(
+    store: &PgStore,
+    input: &[(String, Bytes)],
+    rules: &Arc<Rules>,
+) -> PipelineRun {
     let metrics = Arc::new(Metrics::new());
     let directory = Directory::load(store.clone()).await.expect("directory");
     let (done_tx, mut done_rx) = mpsc::channel(SHARDS * 4);
@@ -127,6 +143,8 @@ async fn run_pipeline(store: &PgStore, input: &[(String, Bytes)]) -> PipelineRun
         metrics: metrics.clone(),
         completions: done_tx,
         abandon: CancellationToken::new(),
+        liveness: Arc::new(Liveness::default()),
+        outbox: Outbox::new(),
     });
     let cfg = ShardConfig {
         max_batch_fixes: BATCH_FIXES,
@@ -146,6 +164,7 @@ async fn run_pipeline(store: &PgStore, input: &[(String, Bytes)]) -> PipelineRun
             rx,
             ctx.clone(),
             cfg.clone(),
+            ShardRules::new(rules.clone(), Arc::new(SystemClock), metrics.clone()),
         )));
     }
     drop(ctx);
@@ -223,6 +242,7 @@ async fn run_baseline(
             telemetry: v.telemetry,
             item_rejections: vec![],
             payload: Bytes::new(),
+            store_fixes: true,
         };
         let c = i % conns;
         batches[c].push_message(&m);
@@ -301,7 +321,7 @@ async fn run_commit_only(store: &PgStore, input: &[(String, Bytes)], conns: usiz
             tokio::spawn(async move {
                 let mut n = 0;
                 for b in batches.iter().filter(|b| !b.is_empty()) {
-                    n += store.commit(b).await.unwrap().fixes_stored;
+                    n += store.commit(b, &NoRules).await.unwrap().fixes_stored;
                 }
                 n
             })
@@ -312,6 +332,108 @@ async fn run_commit_only(store: &PgStore, input: &[(String, Bytes)], conns: usiz
         rows += t.await.unwrap();
     }
     (started.elapsed().as_secs_f64(), rows)
+}
+
+/// Every bench device worn by its own supervisee with the realistic rule
+/// set: a shared county inclusion zone, a home curfew, two personal
+/// exclusion circles (one in ten placed on the device's path, so alerts are
+/// raised and kept updated), and a shared list of `SCHOOLS` exclusion zones.
+const SCHOOLS: usize = 10_000;
+
+fn rules_scenario() -> Scenario {
+    let circle = |lat: f64, lon: f64, r: f64| {
+        serde_json::json!({"type": "Feature", "properties": {"radius_m": r},
+            "geometry": {"type": "Point", "coordinates": [lon, lat]}})
+    };
+    let mut s = Scenario::default();
+    s.zones.push(ZoneSpec {
+        zone_ref: "county".into(),
+        name: "County".into(),
+        list: None,
+        geojson: serde_json::json!({"type": "Polygon", "coordinates": [[
+            [-0.6, 51.2], [0.4, 51.2], [0.4, 51.8], [-0.6, 51.8], [-0.6, 51.2]]]}),
+    });
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 11) as f64 / (1u64 << 53) as f64
+    };
+    for i in 0..SCHOOLS {
+        let (lat, lon) = (51.3 + next() * 0.4, -0.5 + next() * 0.8);
+        s.zones.push(ZoneSpec {
+            zone_ref: format!("school-{i}"),
+            name: format!("School {i}"),
+            list: Some("schools".into()),
+            geojson: circle(lat, lon, 50.0 + next() * 100.0),
+        });
+    }
+    for d in 0..DEVICES {
+        let case = format!("case-{d}");
+        s.supervisees.push(SuperviseeSpec {
+            case_ref: case.clone(),
+            name: None,
+            time_zone: "Europe/London".into(),
+            officer: None,
+        });
+        let path_lat = 51.5 + (d % 997) as f64 * 1e-4;
+        let on_path = d % 10 == 0;
+        for (j, (lat, lon)) in [
+            (if on_path { path_lat } else { 51.25 }, -0.1199),
+            (51.75, 0.3),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            s.zones.push(ZoneSpec {
+                zone_ref: format!("excl-{d}-{j}"),
+                name: format!("Exclusion {j} of {case}"),
+                list: None,
+                geojson: circle(lat, lon, 40.0),
+            });
+            s.rules.push(rule(
+                &case,
+                "exclusion",
+                Some(format!("excl-{d}-{j}")),
+                None,
+            ));
+        }
+        s.zones.push(ZoneSpec {
+            zone_ref: format!("home-{d}"),
+            name: "Home".into(),
+            list: None,
+            geojson: circle(51.45, -0.2, 60.0),
+        });
+        let mut curfew = rule(&case, "home", Some(format!("home-{d}")), None);
+        curfew.schedule = Some(serde_json::json!({"windows": [{
+            "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+            "start": "21:00", "end": "07:00"}]}));
+        s.rules.push(curfew);
+        s.rules
+            .push(rule(&case, "inclusion", Some("county".into()), None));
+        s.rules
+            .push(rule(&case, "exclusion", None, Some("schools".into())));
+        s.assignments.push(AssignmentSpec {
+            device: format!("bench-{d}"),
+            supervisee: case,
+            from: "2020-01-01T00:00:00Z".parse().unwrap(),
+            to: None,
+        });
+    }
+    s
+}
+
+fn rule(case: &str, role: &str, zone: Option<String>, list: Option<String>) -> RuleSpec {
+    RuleSpec {
+        supervisee: case.into(),
+        role: role.into(),
+        zone,
+        list,
+        schedule: None,
+        confirm_fixes: None,
+        grace_s: None,
+    }
 }
 
 fn peak_rss_mib() -> f64 {
@@ -334,15 +456,30 @@ async fn main() {
         .await
         .unwrap();
     let store = PgStore::from_pool(pool.clone());
+    let scenario = rules_scenario();
+    scenario.validate().expect("bench scenario is valid");
+    store
+        .apply_scenario(&scenario, "bench")
+        .await
+        .expect("load bench scenario");
+    let with_rules = Rules::load(&store, RulesConfig::default())
+        .await
+        .expect("rules");
+    let no_rules = Rules::fixed(Snapshot::default(), RulesConfig::default());
 
     println!(
         "ingest benchmark: {TOTAL_FIXES} fixes, {DEVICES} devices, {SHARDS} shards, batches of {BATCH_FIXES} fixes\n"
     );
     println!(
-        "{:<22} {:>5} {:>11} {:>11} {:>11} {:>9} {:>8} {:>8} {:>8}",
+        "rules: {DEVICES} supervisees, each with county inclusion, home curfew, 2 exclusion \
+         circles and a shared list of {SCHOOLS} school zones\n"
+    );
+    println!(
+        "{:<22} {:>5} {:>11} {:>11} {:>11} {:>11} {:>9} {:>8} {:>8} {:>8}",
         "workload",
         "round",
         "pipeline/s",
+        "no-rules/s",
         "fixes-raw/s",
         "same-rows/s",
         "vs fixes",
@@ -375,7 +512,15 @@ async fn main() {
             reset(&pool).await;
             let (bc_secs, bc_rows) = run_commit_only(&store, &input, SHARDS).await;
             reset(&pool).await;
-            let p = run_pipeline(&store, &input).await;
+            let p = run_pipeline(&store, &input, &with_rules).await;
+            let raised: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert!(raised > 0, "the rules workload raises alerts");
+            reset(&pool).await;
+            let nr = run_pipeline(&store, &input, &no_rules).await;
+            assert_eq!(nr.fixes as usize, TOTAL_FIXES);
             assert_eq!(p.fixes as usize, TOTAL_FIXES);
             assert_eq!(bf_rows as usize, TOTAL_FIXES);
             assert_eq!(bc_rows as usize, TOTAL_FIXES);
@@ -383,10 +528,11 @@ async fn main() {
             let bf = bf_rows as f64 / bf_secs;
             let bc = bc_rows as f64 / bc_secs;
             println!(
-                "{:<22} {:>5} {:>11.0} {:>11.0} {:>11.0} {:>9.2} {:>8.2} {:>8.2} {:>8.2}",
+                "{:<22} {:>5} {:>11.0} {:>11.0} {:>11.0} {:>11.0} {:>9.2} {:>8.2} {:>8.2} {:>8.2}",
                 w.label,
                 round,
                 pr,
+                nr.fixes as f64 / nr.secs,
                 bf,
                 bc,
                 pr / bf,
@@ -397,7 +543,9 @@ async fn main() {
         }
     }
     println!(
-        "\nfixes-raw: the fix rows alone, with the pipeline's INSERT statement, {SHARDS} connections, from memory\n\
+        "\npipeline: with rules evaluation, device state and alerts in the same transaction\n\
+         no-rules: the same pipeline with an empty rules snapshot (device state still written)\n\
+         fixes-raw: the fix rows alone, with the pipeline's INSERT statement, {SHARDS} connections, from memory\n\
          same-rows: the pipeline's own commit (ledger + fixes + status) on batches prepared up front\n\
          peak RSS {:.0} MiB",
         peak_rss_mib()

@@ -17,6 +17,13 @@
 //!   shards block on it, which is the back-pressure we want (the source
 //!   drains it on every turn, so it never stays full).
 //!
+//! - alert-event log → live views: a broadcast of [`outbox::LIVE_CAPACITY`]; a view
+//!   that lags re-reads the durable log (see [`crate::alerts::outbox`]).
+//!
+//! Beside the pipeline: the rules follower (reloads the configuration
+//! snapshot on NOTIFY), the no_signal watchdog, and the alert-log readers
+//! (MQTT publisher, live feed).
+//!
 //! Shutdown: stop taking publishes → shards drain and commit → final acks →
 //! DISCONNECT (the session persists, so anything unacked is redelivered).
 
@@ -29,14 +36,17 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alerts::outbox::{self, Outbox};
 use crate::clock::SharedClock;
 use crate::config::AppConfig;
 use crate::directory::Directory;
 use crate::http::{self, OpsState};
 use crate::ingest::mqtt::{MqttStatus, Source};
 use crate::metrics::Metrics;
+use crate::rules::watchdog::{self, Liveness};
+use crate::rules::{self, Rules};
 use crate::store::{Store, StoreError};
-use crate::track::{run_shard, ShardContext, ShardRouter};
+use crate::track::{run_shard, ShardContext, ShardRouter, ShardRules};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +70,10 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// Live metrics.
     pub metrics: Arc<Metrics>,
+    /// The rules engine (snapshot in force).
+    pub rules: Arc<Rules>,
+    /// Alert-log readers (live view subscription).
+    pub outbox: Arc<Outbox>,
     shutdown: CancellationToken,
     fatal: CancellationToken,
     tracker: TaskTracker,
@@ -107,6 +121,24 @@ pub async fn start<S: Store>(
     });
     tracker.spawn(directory.clone().follow(dir_rx, stopped.clone()));
 
+    let rules = Rules::load(&store, cfg.rules.clone()).await?;
+    tracker.spawn(rules::follow(rules.clone(), store.clone(), stopped.clone()));
+    let liveness = Arc::new(Liveness::default());
+    let outbox = Outbox::new();
+    tracker.spawn(outbox::run_live(
+        store.clone(),
+        outbox.clone(),
+        stopped.clone(),
+    ));
+    if cfg.publish_alerts {
+        tracker.spawn(outbox::run_mqtt(
+            store.clone(),
+            outbox.clone(),
+            cfg.mqtt.clone(),
+            stopped.clone(),
+        ));
+    }
+
     let listener = TcpListener::bind(cfg.http_addr)
         .await
         .map_err(|source| AppError::Bind {
@@ -140,12 +172,29 @@ pub async fn start<S: Store>(
     let (client, eventloop) = AsyncClient::new(cfg.mqtt.options(), receive_max + 64);
     let (done_tx, done_rx) = mpsc::channel(cfg.shards * 4);
 
+    tracker.spawn(watchdog::run(
+        store.clone(),
+        rules.clone(),
+        liveness.clone(),
+        mqtt_status.clone(),
+        clock.clone(),
+        {
+            let (metrics, outbox) = (metrics.clone(), outbox.clone());
+            move |report: &crate::store::CommitReport| {
+                metrics.record_alerts(report);
+                outbox.wake();
+            }
+        },
+        stopped.clone(),
+    ));
     let ctx = Arc::new(ShardContext {
         store,
         directory,
         metrics: metrics.clone(),
         completions: done_tx,
         abandon: abandon.clone(),
+        liveness,
+        outbox: outbox.clone(),
     });
     let mut senders = Vec::with_capacity(cfg.shards);
     for i in 0..cfg.shards {
@@ -157,6 +206,7 @@ pub async fn start<S: Store>(
             rx,
             ctx.clone(),
             cfg.shard.clone(),
+            ShardRules::new(rules.clone(), clock.clone(), metrics.clone()),
         ));
     }
     // Shards own the only completion senders now: the channel closes when
@@ -215,6 +265,8 @@ pub async fn start<S: Store>(
     Ok(Running {
         http_addr,
         metrics,
+        rules,
+        outbox,
         shutdown,
         fatal,
         tracker,

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::alerts::Severities;
 use crate::ingest::mqtt::{parse_url, MqttConfig};
+use crate::rules::engine::RulesConfig;
 use crate::track::{PrepareConfig, ShardConfig};
 
 /// Waypoint: electronic-monitoring telemetry server.
@@ -30,6 +32,99 @@ pub enum Command {
         /// Device action.
         #[command(subcommand)]
         cmd: DevicesCmd,
+    },
+    /// Provision supervisees, devices, zones, rules and pairings from a file.
+    Scenario {
+        /// Scenario action.
+        #[command(subcommand)]
+        cmd: ScenarioCmd,
+    },
+    /// List alerts and record officers' decisions (until the officer API exists).
+    Alerts {
+        /// Alert action.
+        #[command(subcommand)]
+        cmd: AlertsCmd,
+    },
+}
+
+/// `waypoint scenario ...`
+#[derive(Debug, Subcommand)]
+pub enum ScenarioCmd {
+    /// Validate and load a scenario file (docs/scenario.md) in one transaction.
+    Load {
+        /// Path to the JSON file.
+        file: std::path::PathBuf,
+        /// Database.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Validate a scenario file without touching the database.
+    Check {
+        /// Path to the JSON file.
+        file: std::path::PathBuf,
+    },
+}
+
+/// `waypoint alerts ...`
+#[derive(Debug, Subcommand)]
+pub enum AlertsCmd {
+    /// List alerts (most severe, newest first) as JSON lines.
+    List {
+        /// open, acknowledged or resolved.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Most rows.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Database.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Acknowledge an alert.
+    Ack {
+        /// Alert id.
+        alert_id: i64,
+        /// Who is acting.
+        #[arg(long)]
+        actor: String,
+        /// Database.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Resolve an alert with an outcome and a note.
+    Resolve {
+        /// Alert id.
+        alert_id: i64,
+        /// Who is acting.
+        #[arg(long)]
+        actor: String,
+        /// contacted_supervisee, equipment_fault, gps_false_alarm,
+        /// approved_absence, referred_for_review, no_action_needed.
+        #[arg(long)]
+        outcome: String,
+        /// Why (required).
+        #[arg(long)]
+        note: String,
+        /// Database.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Add a note to an alert.
+    Note {
+        /// Alert id.
+        alert_id: i64,
+        /// Who is acting.
+        #[arg(long)]
+        actor: String,
+        /// The note.
+        #[arg(long)]
+        note: String,
+        /// Database.
+        #[command(flatten)]
+        db: DbArgs,
     },
 }
 
@@ -127,6 +222,25 @@ pub struct ServeArgs {
     /// leaving unacked messages to the broker.
     #[arg(long, env = "WAYPOINT_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Override an alert kind's severity, `kind=critical|high|medium|low`
+    /// (repeatable; comma-separated in the environment).
+    #[arg(long = "severity", env = "WAYPOINT_SEVERITY", value_delimiter = ',')]
+    pub severity: Vec<String>,
+    /// battery_low at or below this percentage.
+    #[arg(long, env = "WAYPOINT_BATTERY_LOW_PCT", default_value_t = 20)]
+    pub battery_low_pct: u8,
+    /// battery_critical at or below this percentage.
+    #[arg(long, env = "WAYPOINT_BATTERY_CRITICAL_PCT", default_value_t = 10)]
+    pub battery_critical_pct: u8,
+    /// no_signal after this many reporting intervals without a message.
+    #[arg(long, env = "WAYPOINT_NO_SIGNAL_INTERVALS", default_value_t = 3)]
+    pub no_signal_intervals: u32,
+    /// gps_loss after this many seconds of messages without a usable fix.
+    #[arg(long, env = "WAYPOINT_GPS_LOSS_SECS", default_value_t = 300)]
+    pub gps_loss_secs: u32,
+    /// Publish the alert-event log on MQTT (`em/v1/alerts/{device}`).
+    #[arg(long, env = "WAYPOINT_PUBLISH_ALERTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub publish_alerts: bool,
 }
 
 /// Bytes of headroom between the payload cap and the MQTT packet cap, for
@@ -156,6 +270,10 @@ pub struct AppConfig {
     pub shard: ShardConfig,
     /// Shutdown grace when the database is unavailable.
     pub shutdown_grace: Duration,
+    /// Rules thresholds and severities.
+    pub rules: RulesConfig,
+    /// Publish alert events on MQTT.
+    pub publish_alerts: bool,
 }
 
 impl ServeArgs {
@@ -180,6 +298,28 @@ impl ServeArgs {
         if self.batch_max_fixes == 0 {
             return Err(bad("--batch-max-fixes must be at least 1".into()));
         }
+        let mut severities = Severities::default();
+        for spec in &self.severity {
+            severities
+                .set(spec)
+                .map_err(|e| bad(format!("--severity: {e}")))?;
+        }
+        if self.battery_critical_pct >= self.battery_low_pct || self.battery_low_pct > 100 {
+            return Err(bad(
+                "--battery-critical-pct must be below --battery-low-pct (<= 100)".into(),
+            ));
+        }
+        if self.no_signal_intervals == 0 {
+            return Err(bad("--no-signal-intervals must be at least 1".into()));
+        }
+        let rules = RulesConfig {
+            severities,
+            battery_low_pct: self.battery_low_pct,
+            battery_critical_pct: self.battery_critical_pct,
+            no_signal_intervals: self.no_signal_intervals,
+            gps_loss_after: chrono::TimeDelta::seconds(i64::from(self.gps_loss_secs)),
+            ..RulesConfig::default()
+        };
         let max_packet = self.max_payload_bytes.saturating_add(PACKET_HEADROOM);
         let max_packet = u32::try_from(max_packet)
             .map_err(|_| bad("--max-payload-bytes is too large".into()))?;
@@ -206,6 +346,8 @@ impl ServeArgs {
                 },
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            rules,
+            publish_alerts: self.publish_alerts,
         })
     }
 }
@@ -241,5 +383,16 @@ mod tests {
             .unwrap_err()
             .contains("scheme"));
         assert!(args(&["--http-addr", "nope"]).is_err());
+        assert!(args(&["--severity", "no_signal=urgent"])
+            .unwrap_err()
+            .contains("severity"));
+        assert!(args(&["--battery-critical-pct", "30"])
+            .unwrap_err()
+            .contains("battery"));
+        let c = args(&["--severity", "battery_low=high,no_signal=critical"]).unwrap();
+        assert_eq!(
+            c.rules.severities.of(crate::alerts::AlertKind::NoSignal),
+            crate::alerts::Severity::Critical
+        );
     }
 }

@@ -8,17 +8,26 @@
 //!
 //! ## Data flow
 //! ```text
-//! device ─MQTT─▶ broker ─▶ ingest ─▶ track (shard per device: decode, validate, batch)
-//!                             ▲                 │
-//!                             │ PUBACK after    ▼
-//!                             └──── acker ◀── store (one transaction per batch)
+//! device ─MQTT─▶ broker ─▶ ingest ─▶ track (shard per device: decode, validate, batch,
+//!                             ▲           │    rules state + evaluation)
+//!                             │ PUBACK    ▼
+//!                             └─ acker ◀─ store: fixes + alerts + alert-event log,
+//!                                          one transaction per batch
+//!                                             │
+//!                                             ▼
+//!                          alerts::outbox ─▶ MQTT em/v1/alerts/{device}, live views
 //! ```
 //!
 //! ## Module map
 //! - [`domain`]: pure types (DeviceId, Fix, Status, Telemetry, RejectReason).
 //! - [`decode`]: bytes → domain; JSON v1, binary (protobuf), OwnTracks; validation.
 //! - [`ingest`]: MQTT source, topic layout, ordered acker.
-//! - [`track`]: shards keyed by device; prepare + batch + commit.
+//! - [`track`]: shards keyed by device; prepare + batch + rules + commit.
+//! - [`geofence`]: zone shapes (GeoJSON), metric distances, R-tree index.
+//! - [`rules`]: configuration snapshot, per-device evaluation, schedules,
+//!   the no_signal watchdog.
+//! - [`alerts`]: alert kinds and lifecycle; the alert-log outbox.
+//! - [`scenario`]: the provisioning file (`waypoint scenario load`).
 //! - [`store`]: the storage interface and its PostgreSQL implementation.
 //! - [`directory`]: in-memory device enrollment, kept fresh by notifications.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
@@ -26,14 +35,18 @@
 //! - [`clock`]: the injectable clock; [`metrics`]: Prometheus registry.
 #![deny(missing_docs)]
 
+pub mod alerts;
 pub mod app;
 pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod directory;
 pub mod domain;
+pub mod geofence;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod rules;
+pub mod scenario;
 pub mod store;
 pub mod track;

@@ -8,11 +8,13 @@ use clap::Parser;
 use sqlx::migrate::MigrateDatabase;
 use tracing_subscriber::EnvFilter;
 
+use waypoint::alerts::OfficerAction;
 use waypoint::clock::{Clock, SystemClock};
-use waypoint::config::{Cli, Command, DbArgs, DevicesCmd};
+use waypoint::config::{AlertsCmd, Cli, Command, DbArgs, DevicesCmd, ScenarioCmd};
 use waypoint::domain::DeviceId;
+use waypoint::scenario::Scenario;
 use waypoint::store::postgres::PgStore;
-use waypoint::store::Store;
+use waypoint::store::{AlertFilter, Store};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -47,7 +49,93 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied");
         }
         Command::Devices { cmd } => devices(cmd).await?,
+        Command::Scenario { cmd } => scenario(cmd).await?,
+        Command::Alerts { cmd } => alerts(cmd).await?,
     }
+    Ok(())
+}
+
+fn read_scenario(file: &std::path::Path) -> anyhow::Result<Scenario> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read scenario file {}", file.display()))?;
+    Scenario::parse(&text).with_context(|| format!("scenario file {} refused", file.display()))
+}
+
+async fn scenario(cmd: ScenarioCmd) -> anyhow::Result<()> {
+    match cmd {
+        ScenarioCmd::Check { file } => {
+            let s = read_scenario(&file)?;
+            println!(
+                "ok: {} supervisees, {} devices, {} zones, {} rules",
+                s.supervisees.len(),
+                s.devices.len(),
+                s.zones.len(),
+                s.rules.len()
+            );
+        }
+        ScenarioCmd::Load { file, db } => {
+            let s = read_scenario(&file)?;
+            let store = open(&db, 1).await?;
+            let actor = format!("scenario:{}", file.display());
+            let report = store.apply_scenario(&s, &actor).await?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+    }
+    Ok(())
+}
+
+async fn alerts(cmd: AlertsCmd) -> anyhow::Result<()> {
+    let now = SystemClock.now();
+    let (db, id, actor, action) = match cmd {
+        AlertsCmd::List {
+            status,
+            device,
+            limit,
+            db,
+        } => {
+            let store = open(&db, 1).await?;
+            let filter = AlertFilter {
+                status,
+                kind: None,
+                device_id: device,
+                limit,
+            };
+            for a in store.alerts(&filter).await? {
+                println!("{}", serde_json::to_string(&a)?);
+            }
+            return Ok(());
+        }
+        AlertsCmd::Ack {
+            alert_id,
+            actor,
+            db,
+        } => (db, alert_id, actor, OfficerAction::Acknowledge),
+        AlertsCmd::Resolve {
+            alert_id,
+            actor,
+            outcome,
+            note,
+            db,
+        } => {
+            let outcome = outcome.parse().map_err(anyhow::Error::msg)?;
+            (
+                db,
+                alert_id,
+                actor,
+                OfficerAction::Resolve { outcome, note },
+            )
+        }
+        AlertsCmd::Note {
+            alert_id,
+            actor,
+            note,
+            db,
+        } => (db, alert_id, actor, OfficerAction::Note(note)),
+    };
+    action.validate(&actor)?;
+    let store = open(&db, 1).await?;
+    store.alert_action(id, &actor, &action, now).await?;
+    println!("alert {id}: {} recorded", action.as_str());
     Ok(())
 }
 

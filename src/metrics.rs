@@ -28,6 +28,13 @@ pub struct StageLabels {
     pub stage: String,
 }
 
+/// `kind` label of alert counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// An alert kind name.
+    pub kind: String,
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     /// The registry `/metrics` encodes.
@@ -67,6 +74,10 @@ pub struct Metrics {
     /// QoS 0 publishes dropped because a shard queue was full (QoS 0
     /// carries no delivery promise; QoS 1 is never dropped this way).
     pub qos0_dropped: Counter,
+    /// Alerts raised (new rows, not updates), by kind.
+    pub alerts_raised: Family<KindLabels, Counter>,
+    /// Rules evaluation time per batch (CPU, inside the transaction).
+    pub rules_eval_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -76,6 +87,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts what a commit raised.
+    pub fn record_alerts(&self, report: &crate::store::CommitReport) {
+        for k in &report.alerts_raised {
+            self.alerts_raised
+                .get_or_create(&KindLabels {
+                    kind: k.as_str().to_owned(),
+                })
+                .inc();
+        }
+    }
+
     /// Registers every metric.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("waypoint");
@@ -99,6 +121,8 @@ impl Metrics {
             mqtt_connects: Counter::default(),
             qos0_dropped: Counter::default(),
             deferred: Counter::default(),
+            alerts_raised: Family::default(),
+            rules_eval_seconds: Histogram::new(exponential_buckets(0.000_001, 4.0, 12)),
             registry: Registry::default(),
         };
         registry.register(
@@ -117,6 +141,16 @@ impl Metrics {
             m.messages_duplicate.clone(),
         );
         registry.register("fixes_stored", "Fix rows committed", m.fixes_stored.clone());
+        registry.register(
+            "alerts_raised",
+            "Alerts raised, by kind",
+            m.alerts_raised.clone(),
+        );
+        registry.register(
+            "rules_eval_seconds",
+            "Rules evaluation time per batch",
+            m.rules_eval_seconds.clone(),
+        );
         registry.register(
             "messages_rejected",
             "Rejections recorded, by reason",
@@ -170,6 +204,12 @@ impl Metrics {
         // Pre-create every reason so dashboards see zeros, not gaps.
         for r in RejectReason::ALL {
             let _ = m.rejected.get_or_create(&reason(r));
+        }
+        // Every kind shows from the start, at 0, so dashboards see them.
+        for k in crate::alerts::AlertKind::ALL {
+            let _ = m.alerts_raised.get_or_create(&KindLabels {
+                kind: k.as_str().to_owned(),
+            });
         }
         Self { registry, ..m }
     }

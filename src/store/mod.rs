@@ -4,7 +4,9 @@
 //! production implementation and the embedded default will add SQLite behind
 //! the same trait. Everything one batch produces is committed in one
 //! transaction, so an ack after [`Store::commit`] returns covers all of it;
-//! the rules engine will add its alert state to the same transaction.
+//! the rules engine's alert changes and per-device state are written in the
+//! same transaction (through a [`CommitHook`]), so a message is acked only
+//! once everything it caused is durable.
 
 pub mod postgres;
 
@@ -17,8 +19,12 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::{AlertEvent, AlertKind, AlertOp, OfficerAction};
 use crate::directory::DirectoryEvent;
 use crate::domain::{DeviceId, ItemKind, ItemRejection, MessageKey, RejectReason, Telemetry};
+use crate::rules::engine::TimelineEntry;
+use crate::rules::snapshot::RulesData;
+use crate::scenario::{LoadReport, Scenario};
 
 /// An enrolled device as the pipeline needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +57,9 @@ pub struct AcceptedMessage {
     /// The raw payload (shared, not copied); kept with a `seq_conflict`
     /// record so the two versions can be compared.
     pub payload: Bytes,
+    /// False for a victim's device: its positions serve the proximity check
+    /// only and are not stored as fixes.
+    pub store_fixes: bool,
 }
 
 /// A whole message (or, for conflicts, a message's identity) refused.
@@ -124,6 +133,133 @@ pub struct CommitReport {
     pub fixes_stored: u64,
     /// Rejection rows written, by reason (item and whole-message).
     pub rejections: BTreeMap<RejectReason, u64>,
+    /// Alerts newly raised, by kind.
+    pub alerts_raised: Vec<AlertKind>,
+    /// Entries appended to the alert-event log.
+    pub alert_events: u64,
+}
+
+/// Rules-engine output to commit with a batch.
+#[derive(Debug, Clone, Default)]
+pub struct AlertWrites {
+    /// Server time of the evaluation (alerts' `raised_at`, events' `at`).
+    pub now: DateTime<Utc>,
+    /// Alert changes, in order.
+    pub ops: Vec<AlertOp>,
+    /// Per-device state rows to upsert.
+    pub states: Vec<StateRow>,
+    /// 'possible' observations for the device timeline.
+    pub timeline: Vec<TimelineEntry>,
+}
+
+impl AlertWrites {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.states.is_empty() && self.timeline.is_empty()
+    }
+}
+
+/// One device's persisted rules state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateRow {
+    /// Device.
+    pub device_key: i64,
+    /// Monotonic per device.
+    pub version: i64,
+    /// Server time of the newest message.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// The state document.
+    pub state: serde_json::Value,
+}
+
+/// Runs inside a batch's transaction, after the store has found which
+/// messages are new: rules are evaluated exactly once per message, even when
+/// the broker redelivers it.
+pub trait CommitHook: Send + Sync {
+    /// Evaluates the new messages (in batch order) and returns what to write
+    /// with them. May be called again for the same messages if the
+    /// transaction fails and is retried; implementations keep their effects
+    /// staged until told the commit succeeded.
+    fn evaluate(&self, fresh: &[&AcceptedMessage]) -> AlertWrites;
+}
+
+/// A hook that evaluates nothing (benchmark baselines, tools).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoRules;
+
+impl CommitHook for NoRules {
+    fn evaluate(&self, _fresh: &[&AcceptedMessage]) -> AlertWrites {
+        AlertWrites::default()
+    }
+}
+
+/// Filter for listing alerts.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    /// `open`, `acknowledged` or `resolved`.
+    pub status: Option<String>,
+    /// Only this kind.
+    pub kind: Option<AlertKind>,
+    /// Only this device.
+    pub device_id: Option<String>,
+    /// Most rows.
+    pub limit: i64,
+}
+
+/// An alert as listed for officers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AlertRecord {
+    /// Id.
+    pub alert_id: i64,
+    /// Device id.
+    pub device_id: String,
+    /// Supervisee case reference.
+    pub case_ref: Option<String>,
+    /// Kind.
+    pub kind: String,
+    /// Severity.
+    pub severity: String,
+    /// Confidence.
+    pub confidence: String,
+    /// Zone and version in force.
+    pub zone_id: Option<i64>,
+    /// Version of the zone when raised.
+    pub zone_version: Option<i32>,
+    /// Retrospective.
+    pub late: bool,
+    /// Officer status.
+    pub status: String,
+    /// Event time of first evidence.
+    pub started_at: DateTime<Utc>,
+    /// Server time raised.
+    pub raised_at: DateTime<Utc>,
+    /// Event time of last evidence.
+    pub last_evidence_at: DateTime<Utc>,
+    /// Evidence count.
+    pub evidence_count: i32,
+    /// When the condition ended.
+    pub condition_ended_at: Option<DateTime<Utc>>,
+    /// Plain words.
+    pub explanation: String,
+    /// Evidence rows kept.
+    pub evidence: Vec<crate::alerts::Evidence>,
+    /// Officer actions: (action, actor, at, outcome, note).
+    pub actions: Vec<ActionRecord>,
+}
+
+/// One officer action on record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ActionRecord {
+    /// `acknowledge`, `resolve`, `note`.
+    pub action: String,
+    /// Who.
+    pub actor: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Outcome (resolve).
+    pub outcome: Option<String>,
+    /// Note.
+    pub note: Option<String>,
 }
 
 /// Storage errors, split by what the caller should do about them.
@@ -149,6 +285,9 @@ pub enum StoreError {
     /// An admin operation would violate uniqueness.
     #[error("already exists: {0}")]
     AlreadyExists(String),
+    /// An admin operation is not allowed (bad reference, bad transition).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl StoreError {
@@ -163,11 +302,90 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Applies pending schema migrations.
     fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Commits one batch atomically and reports each item's outcome.
+    /// Commits one batch atomically and reports each item's outcome;
+    /// `hook` evaluates the new messages inside the transaction.
     fn commit(
         &self,
         batch: &[Prepared],
+        hook: &dyn CommitHook,
     ) -> impl Future<Output = Result<CommitReport, StoreError>> + Send;
+
+    /// Commits alert changes that no message caused (timers: no_signal).
+    fn commit_alerts(
+        &self,
+        writes: &AlertWrites,
+    ) -> impl Future<Output = Result<CommitReport, StoreError>> + Send;
+
+    /// The persisted rules state of these devices.
+    fn load_device_states(
+        &self,
+        device_keys: &[i64],
+    ) -> impl Future<Output = Result<Vec<StateRow>, StoreError>> + Send;
+
+    /// Newest message time of every device with state (for no_signal).
+    fn last_seen_all(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(i64, DateTime<Utc>)>, StoreError>> + Send;
+
+    /// Device keys with an active (condition not ended) alert of `kind`.
+    fn active_alert_devices(
+        &self,
+        kind: AlertKind,
+    ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
+
+    /// Everything the rules snapshot is built from.
+    fn load_rules(&self) -> impl Future<Output = Result<RulesData, StoreError>> + Send;
+
+    /// Sends `()` whenever rules configuration may have changed (and after
+    /// every reconnect), until cancelled.
+    fn watch_rules(
+        &self,
+        tx: mpsc::Sender<()>,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Loads a provisioning file in one transaction.
+    fn apply_scenario(
+        &self,
+        scenario: &Scenario,
+        actor: &str,
+    ) -> impl Future<Output = Result<LoadReport, StoreError>> + Send;
+
+    /// Alert-log entries after `after`, oldest first.
+    fn alert_events_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<AlertEvent>, StoreError>> + Send;
+
+    /// The newest alert-log id (0 when empty).
+    fn alert_event_head(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// How far `consumer` has got in the alert log.
+    fn outbox_cursor(&self, consumer: &str)
+        -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Records `consumer`'s progress.
+    fn set_outbox_cursor(
+        &self,
+        consumer: &str,
+        last_event_id: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Applies an officer's action (with its alert-log entry).
+    fn alert_action(
+        &self,
+        alert_id: i64,
+        actor: &str,
+        action: &OfficerAction,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Lists alerts, most severe and newest first.
+    fn alerts(
+        &self,
+        filter: &AlertFilter,
+    ) -> impl Future<Output = Result<Vec<AlertRecord>, StoreError>> + Send;
 
     /// Every enrolled device (for the in-memory directory).
     fn devices(&self) -> impl Future<Output = Result<Vec<DeviceRecord>, StoreError>> + Send;

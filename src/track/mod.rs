@@ -2,14 +2,16 @@
 //!
 //! Every message of a device goes to the same shard, so one device's messages
 //! are handled in arrival order while devices spread over shards (and
-//! database connections). Today a shard decodes, validates and batches; the
-//! rules engine will keep its per-device state here and add alert state to
-//! the same commit.
+//! database connections). A shard decodes, validates and batches, keeps its
+//! devices' rules state ([`ShardRules`]) and commits each batch with the
+//! alert changes it caused in one transaction.
 
 mod prepare;
+mod rules;
 mod shard;
 
 pub use prepare::{prepare, PrepareConfig};
+pub use rules::ShardRules;
 pub use shard::{run_shard, ShardConfig, ShardContext};
 
 use std::hash::{DefaultHasher, Hash, Hasher};

@@ -166,5 +166,6 @@ fn accepted(inc: &Incoming, wire: WireMessage, device: &Arc<DeviceRecord>) -> Ac
         telemetry: v.telemetry,
         item_rejections: v.rejections,
         payload: inc.payload.clone(),
+        store_fixes: true,
     }
 }

@@ -14,11 +14,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::prepare::{prepare, PrepareConfig};
+use super::rules::ShardRules;
+use crate::alerts::outbox::Outbox;
 use crate::directory::Directory;
 use crate::domain::RejectReason;
 use crate::ingest::{AckTicket, Incoming};
 use crate::metrics::{Metrics, StageLabels};
-use crate::store::{CommitReport, Outcome, Prepared, Rejection, Store, StoreError};
+use crate::rules::watchdog::Liveness;
+use crate::store::{CommitHook, CommitReport, Outcome, Prepared, Rejection, Store, StoreError};
 
 /// Batching settings.
 #[derive(Debug, Clone)]
@@ -44,6 +47,10 @@ pub struct ShardContext<S> {
     /// Fired when shutdown should stop retrying an unavailable database:
     /// unacked messages are then left to the broker to redeliver.
     pub abandon: CancellationToken,
+    /// Committed receive times, for no_signal.
+    pub liveness: Arc<Liveness>,
+    /// Woken when alert changes were committed.
+    pub outbox: Arc<Outbox>,
 }
 
 struct Batch {
@@ -70,6 +77,7 @@ pub async fn run_shard<S: Store>(
     mut rx: mpsc::Receiver<Incoming>,
     ctx: Arc<ShardContext<S>>,
     cfg: ShardConfig,
+    rules: ShardRules,
 ) {
     let mut batch = Batch::new();
     // One handle for this shard's gauge: no label lookup per message.
@@ -84,8 +92,9 @@ pub async fn run_shard<S: Store>(
             biased;
             inc = rx.recv() => {
                 let Some(inc) = inc else { break };
-                let Some(p) = with_retry(&ctx, || prepare(&inc, &ctx.directory, &cfg.prepare)).await
+                let Some(mut p) = with_retry(&ctx, || prepare(&inc, &ctx.directory, &cfg.prepare)).await
                 else { return };
+                rules.mark_private(&mut p);
                 if let Prepared::Accepted(m) = &p {
                     batch.fixes += m.telemetry.fixes.len();
                     for f in &m.telemetry.fixes {
@@ -98,17 +107,17 @@ pub async fn run_shard<S: Store>(
                 batch.deadline.get_or_insert_with(|| Instant::now() + cfg.max_delay);
                 let full = batch.fixes >= cfg.max_batch_fixes
                     || batch.items.len() >= cfg.max_batch_fixes;
-                if full && !flush(&ctx, &mut batch).await {
+                if full && !flush(&ctx, &rules, &mut batch).await {
                     return;
                 }
                 depth.set(rx.len() as i64);
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                if !flush(&ctx, &mut batch).await { return }
+                if !flush(&ctx, &rules, &mut batch).await { return }
             }
         }
     }
-    flush(&ctx, &mut batch).await;
+    flush(&ctx, &rules, &mut batch).await;
 }
 
 /// Retries `op` while the database is unavailable; `None` once abandoned.
@@ -118,14 +127,30 @@ where
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
     let mut backoff = Duration::from_millis(50);
+    let mut stalled = false;
+    let unstall = |stalled: bool| {
+        if stalled {
+            ctx.liveness.set_stalled(false);
+        }
+    };
     loop {
         match op().await {
-            Ok(v) => return Some(v),
+            Ok(v) => {
+                unstall(stalled);
+                return Some(v);
+            }
             Err(e) => {
+                if !stalled {
+                    stalled = true;
+                    ctx.liveness.set_stalled(true);
+                }
                 ctx.metrics.store_retries.inc();
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "database unavailable; holding acks");
                 tokio::select! {
-                    _ = ctx.abandon.cancelled() => return None,
+                    _ = ctx.abandon.cancelled() => {
+                        unstall(stalled);
+                        return None;
+                    }
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -135,15 +160,34 @@ where
 }
 
 /// Commits the batch and releases its tickets; false if abandoned.
-async fn flush<S: Store>(ctx: &ShardContext<S>, batch: &mut Batch) -> bool {
+async fn flush<S: Store>(ctx: &ShardContext<S>, rules: &ShardRules, batch: &mut Batch) -> bool {
     if batch.items.is_empty() {
         return true;
     }
     let started = std::time::Instant::now();
-    let Some(report) = commit_isolating(ctx, std::mem::take(&mut batch.items)).await else {
+    // Devices seen for the first time since start: resume their rules
+    // state from the store before evaluating anything.
+    let missing = rules.missing(&batch.items);
+    if !missing.is_empty() {
+        let Some(rows) = with_retry(ctx, || ctx.store.load_device_states(&missing)).await else {
+            return false;
+        };
+        rules.install(&missing, rows);
+    }
+    let items = std::mem::take(&mut batch.items);
+    let Some(report) = commit_isolating(ctx, rules, &items).await else {
         return false;
     };
+    for p in &items {
+        if let Prepared::Accepted(m) = p {
+            ctx.liveness.heard(m.device_key, m.received_at);
+        }
+    }
     let m = &ctx.metrics;
+    m.record_alerts(&report);
+    if report.alert_events > 0 {
+        ctx.outbox.wake();
+    }
     m.record_commit(started.elapsed());
     m.batch_messages.observe(report.outcomes.len() as f64);
     m.fixes_stored.inc_by(report.fixes_stored);
@@ -170,21 +214,22 @@ async fn flush<S: Store>(ctx: &ShardContext<S>, batch: &mut Batch) -> bool {
 /// as `storage_rejected` instead of blocking its neighbours forever.
 async fn commit_isolating<S: Store>(
     ctx: &ShardContext<S>,
-    items: Vec<Prepared>,
+    rules: &ShardRules,
+    items: &[Prepared],
 ) -> Option<CommitReport> {
-    let err = match commit_or_refused(ctx, &items).await? {
+    let err = match commit_or_refused(ctx, rules, items).await? {
         Ok(report) => return Some(report),
         Err(e) => e,
     };
     tracing::error!(error = %err, messages = items.len(), "batch refused by the database; isolating");
     let mut total = CommitReport::default();
     for item in items {
-        let one = [item];
-        let r = match commit_or_refused(ctx, &one).await? {
+        let one = [item.clone()];
+        let r = match commit_or_refused(ctx, rules, &one).await? {
             Ok(r) => r,
             Err(e) => {
                 let rej = [Prepared::Rejected(Box::new(storage_rejection(&one[0], &e)))];
-                match commit_or_refused(ctx, &rej).await? {
+                match commit_or_refused(ctx, rules, &rej).await? {
                     Ok(r) => r,
                     Err(e) => {
                         // Not even the refusal record fits: count it and move
@@ -201,6 +246,8 @@ async fn commit_isolating<S: Store>(
         };
         total.outcomes.extend(r.outcomes);
         total.fixes_stored += r.fixes_stored;
+        total.alerts_raised.extend(r.alerts_raised);
+        total.alert_events += r.alert_events;
         for (k, v) in r.rejections {
             *total.rejections.entry(k).or_default() += v;
         }
@@ -212,10 +259,16 @@ async fn commit_isolating<S: Store>(
 /// returned as the inner `Err`. `None` once abandoned.
 async fn commit_or_refused<S: Store>(
     ctx: &ShardContext<S>,
+    rules: &ShardRules,
     items: &[Prepared],
 ) -> Option<Result<CommitReport, sqlx::Error>> {
     with_retry(ctx, || async {
-        match ctx.store.commit(items).await {
+        let r = ctx.store.commit(items, rules as &dyn CommitHook).await;
+        match &r {
+            Ok(_) => rules.commit_staged(),
+            Err(_) => rules.discard_staged(),
+        }
+        match r {
             Err(StoreError::Refused(e)) => Ok(Err(e)),
             other => other.map(Ok),
         }

@@ -13,11 +13,18 @@ use sqlx::{PgPool, Row};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod alerts;
+mod rules;
+
 use super::{
-    AcceptedMessage, CommitReport, DeviceRecord, Outcome, Prepared, RejectionRow, Store, StoreError,
+    AcceptedMessage, AlertFilter, AlertRecord, AlertWrites, CommitHook, CommitReport, DeviceRecord,
+    Outcome, Prepared, RejectionRow, StateRow, Store, StoreError,
 };
+use crate::alerts::{AlertEvent, AlertKind, OfficerAction};
 use crate::directory::DirectoryEvent;
 use crate::domain::DeviceId;
+use crate::rules::snapshot::RulesData;
+use crate::scenario::{LoadReport, Scenario};
 
 /// NOTIFY channel the `devices` trigger publishes on (see the migration).
 const DEVICE_CHANNEL: &str = "waypoint_devices";
@@ -127,6 +134,9 @@ pub const INSERT_FIXES: &str = "INSERT INTO fixes (device_key, fix_time, boot, s
 impl FixColumns {
     /// Appends the fixes of one message.
     pub fn push_message(&mut self, m: &AcceptedMessage) {
+        if !m.store_fixes {
+            return;
+        }
         let t = &m.telemetry;
         for (i, f) in t.fixes.iter().enumerate() {
             self.device_key.push(m.device_key);
@@ -224,7 +234,11 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn commit(&self, batch: &[Prepared]) -> Result<CommitReport, StoreError> {
+    async fn commit(
+        &self,
+        batch: &[Prepared],
+        hook: &dyn CommitHook,
+    ) -> Result<CommitReport, StoreError> {
         let mut report = CommitReport {
             outcomes: vec![Outcome::Stored; batch.len()],
             ..Default::default()
@@ -285,7 +299,11 @@ impl Store for PgStore {
                 sq.push(m.telemetry.key.seq);
                 dg.push(m.digest.to_vec());
                 rc.push(m.received_at);
-                fc.push(m.telemetry.fixes.len() as i32);
+                fc.push(if m.store_fixes {
+                    m.telemetry.fixes.len() as i32
+                } else {
+                    0
+                });
                 fixes.push_message(m);
             }
             let q = sqlx::query(CLAIM_AND_INSERT)
@@ -341,6 +359,10 @@ impl Store for PgStore {
         insert_events(&mut tx, &fresh).await?;
         upsert_status(&mut tx, &fresh).await?;
         let recorded = insert_rejections(&mut tx, &rejections).await?;
+
+        // 4. Rules: evaluated once per new message, written with it.
+        let writes = hook.evaluate(&fresh);
+        alerts::write(&mut tx, &writes, &mut report).await?;
 
         tx.commit().await.map_err(classify)?;
         // Only rows actually written count: a redelivered refusal is already
@@ -429,50 +451,113 @@ impl Store for PgStore {
     }
 
     async fn watch_devices(&self, tx: mpsc::Sender<DirectoryEvent>, cancel: CancellationToken) {
-        let pause = || async {
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        };
-        while !cancel.is_cancelled() {
-            let mut listener = match PgListener::connect_with(&self.pool).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(error = %e, "device LISTEN connection failed; retrying");
-                    pause().await;
-                    continue;
-                }
-            };
-            if let Err(e) = listener.listen(DEVICE_CHANNEL).await {
-                tracing::warn!(error = %e, "LISTEN failed; retrying");
-                pause().await;
-                continue;
-            }
-            if tx.send(DirectoryEvent::Resync).await.is_err() {
-                return;
-            }
-            loop {
-                let n = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    n = listener.try_recv() => n,
-                };
-                let ev = match n {
-                    Ok(Some(n)) => DirectoryEvent::Changed(n.payload().to_owned()),
-                    // Connection lost; the listener reconnects on the next
-                    // call, and whatever was sent meanwhile is gone.
-                    Ok(None) => DirectoryEvent::Resync,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "device LISTEN failed; reconnecting");
-                        break;
-                    }
-                };
-                if tx.send(ev).await.is_err() {
-                    return;
-                }
-            }
-            pause().await;
-        }
+        listen(&self.pool, DEVICE_CHANNEL, tx, cancel, |n| match n {
+            Some(id) => DirectoryEvent::Changed(id.to_owned()),
+            None => DirectoryEvent::Resync,
+        })
+        .await
+    }
+
+    async fn commit_alerts(&self, writes: &AlertWrites) -> Result<CommitReport, StoreError> {
+        let mut report = CommitReport::default();
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        alerts::write(&mut tx, writes, &mut report).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(report)
+    }
+
+    async fn load_device_states(&self, device_keys: &[i64]) -> Result<Vec<StateRow>, StoreError> {
+        alerts::load_states(&self.pool, device_keys).await
+    }
+
+    async fn last_seen_all(&self) -> Result<Vec<(i64, DateTime<Utc>)>, StoreError> {
+        sqlx::query_as("SELECT device_key, last_seen FROM device_state WHERE last_seen IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)
+    }
+
+    async fn active_alert_devices(&self, kind: AlertKind) -> Result<Vec<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT device_key FROM alerts WHERE kind = $1 AND condition_ended_at IS NULL",
+        )
+        .bind(kind.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)
+    }
+
+    async fn load_rules(&self) -> Result<RulesData, StoreError> {
+        rules::load(&self.pool).await
+    }
+
+    async fn watch_rules(&self, tx: mpsc::Sender<()>, cancel: CancellationToken) {
+        listen(&self.pool, rules::CHANNEL, tx, cancel, |_| ()).await
+    }
+
+    async fn apply_scenario(
+        &self,
+        scenario: &Scenario,
+        actor: &str,
+    ) -> Result<LoadReport, StoreError> {
+        rules::apply_scenario(&self.pool, scenario, actor).await
+    }
+
+    async fn alert_events_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AlertEvent>, StoreError> {
+        alerts::events_after(&self.pool, after, limit).await
+    }
+
+    async fn alert_event_head(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT last_id FROM alert_event_counter")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)
+    }
+
+    async fn outbox_cursor(&self, consumer: &str) -> Result<i64, StoreError> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT last_event_id FROM outbox_cursors WHERE consumer = $1")
+                .bind(consumer)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(classify)?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn set_outbox_cursor(
+        &self,
+        consumer: &str,
+        last_event_id: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO outbox_cursors (consumer, last_event_id) VALUES ($1, $2) \
+             ON CONFLICT (consumer) DO UPDATE SET last_event_id = \
+             GREATEST(outbox_cursors.last_event_id, EXCLUDED.last_event_id)",
+        )
+        .bind(consumer)
+        .bind(last_event_id)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn alert_action(
+        &self,
+        alert_id: i64,
+        actor: &str,
+        action: &OfficerAction,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        alerts::officer_action(&self.pool, alert_id, actor, action, at).await
+    }
+
+    async fn alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>, StoreError> {
+        alerts::list(&self.pool, filter).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -481,6 +566,62 @@ impl Store for PgStore {
             .await
             .map_err(classify)?;
         Ok(())
+    }
+}
+
+/// Follows a NOTIFY channel: `map(Some(payload))` per notification,
+/// `map(None)` after every (re)connect, since notifications sent while
+/// disconnected are lost and the consumer must resynchronise.
+async fn listen<T: Send>(
+    pool: &PgPool,
+    channel: &str,
+    tx: mpsc::Sender<T>,
+    cancel: CancellationToken,
+    map: impl Fn(Option<&str>) -> T + Send,
+) {
+    let pause = || async {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    while !cancel.is_cancelled() {
+        let mut listener = match PgListener::connect_with(pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, channel, "LISTEN connection failed; retrying");
+                pause().await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(channel).await {
+            tracing::warn!(error = %e, channel, "LISTEN failed; retrying");
+            pause().await;
+            continue;
+        }
+        if tx.send(map(None)).await.is_err() {
+            return;
+        }
+        loop {
+            let n = tokio::select! {
+                _ = cancel.cancelled() => return,
+                n = listener.try_recv() => n,
+            };
+            let ev = match n {
+                Ok(Some(n)) => map(Some(n.payload())),
+                // Connection lost; the listener reconnects on the next call,
+                // and whatever was sent meanwhile is gone.
+                Ok(None) => map(None),
+                Err(e) => {
+                    tracing::warn!(error = %e, channel, "LISTEN failed; reconnecting");
+                    break;
+                }
+            };
+            if tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+        pause().await;
     }
 }
 

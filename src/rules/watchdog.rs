@@ -1,0 +1,187 @@
+//! no_signal: the one rule driven by the server's (injectable) clock rather
+//! than by event time, since it is about messages *not* arriving.
+//!
+//! One task owns every no_signal alert, raising and ending them, so there is
+//! no race between shards and the timer. Shards report each device's newest
+//! receive time into [`Liveness`] after they commit. Silence is counted only
+//! from when ingest was able to hear the device: while the broker
+//! connection is down or a shard is stalled on the database, and for one
+//! threshold after it recovers, the server's own deafness is not blamed on
+//! devices.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use super::Rules;
+use crate::alerts::{AlertKey, AlertKind, AlertOp, Confidence, NewAlert};
+use crate::clock::SharedClock;
+use crate::ingest::mqtt::MqttStatus;
+use crate::store::{AlertWrites, Store};
+
+/// Newest receive time per device, shared by the shards and the watchdog.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    seen: Mutex<HashMap<i64, DateTime<Utc>>>,
+    /// Shards currently retrying an unavailable database.
+    stalled: AtomicUsize,
+}
+
+impl Liveness {
+    /// Records that `device` was heard at `at` (committed).
+    pub fn heard(&self, device_key: i64, at: DateTime<Utc>) {
+        let mut m = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m.entry(device_key).or_insert(at);
+        *e = (*e).max(at);
+    }
+
+    /// A shard started (`true`) or stopped (`false`) waiting for the database.
+    pub fn set_stalled(&self, stalled: bool) {
+        if stalled {
+            self.stalled.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stalled.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(i64, DateTime<Utc>)> {
+        let m = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}
+
+/// Runs until cancelled.
+pub async fn run<S: Store>(
+    store: S,
+    rules: Arc<Rules>,
+    liveness: Arc<Liveness>,
+    mqtt: Arc<MqttStatus>,
+    clock: SharedClock,
+    on_commit: impl Fn(&crate::store::CommitReport) + Send,
+    cancel: CancellationToken,
+) {
+    // device → receive time it had when its no_signal alert was raised; a
+    // newer message ends the alert.
+    let mut active: HashMap<i64, DateTime<Utc>> = HashMap::new();
+    let mut loaded = false;
+    let mut hearing_since: Option<DateTime<Utc>> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = clock.now();
+        if !loaded {
+            // Restart: recover what was heard and which alerts are active.
+            match (
+                store.last_seen_all().await,
+                store.active_alert_devices(AlertKind::NoSignal).await,
+            ) {
+                (Ok(seen), Ok(act)) => {
+                    for (d, t) in seen {
+                        liveness.heard(d, t);
+                    }
+                    let seen: HashMap<i64, DateTime<Utc>> =
+                        liveness.snapshot().into_iter().collect();
+                    for d in act {
+                        active.insert(d, seen.get(&d).copied().unwrap_or(now));
+                    }
+                    loaded = true;
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "no_signal watchdog cannot load state yet");
+                    continue;
+                }
+            }
+        }
+        let hearing = mqtt.subscribed.load(Ordering::Relaxed)
+            && liveness.stalled.load(Ordering::Relaxed) == 0;
+        if !hearing {
+            hearing_since = None;
+            continue;
+        }
+        let since = *hearing_since.get_or_insert(now);
+        let snap = rules.snapshot();
+        let mut ops = Vec::new();
+        let mut raised = Vec::new();
+        let mut ended = Vec::new();
+        for (dev, seen) in liveness.snapshot() {
+            let key = AlertKey {
+                device_key: dev,
+                kind: AlertKind::NoSignal,
+                zone_id: None,
+                pairing_id: None,
+            };
+            if let Some(at_raise) = active.get(&dev) {
+                if seen > *at_raise {
+                    ops.push(AlertOp::End {
+                        key,
+                        at: seen,
+                        reason: "messages arriving again".into(),
+                    });
+                    ended.push(dev);
+                }
+                continue;
+            }
+            let Some(sup) = snap.wearer(dev, now) else {
+                continue;
+            };
+            let interval = snap.report_interval(dev);
+            let threshold = interval * rules.cfg.no_signal_intervals as i32;
+            let silent_from = seen.max(since);
+            if now - silent_from < threshold {
+                continue;
+            }
+            let tz = snap.supervisee(sup).map_or(chrono_tz::UTC, |s| s.tz);
+            let last = seen.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z");
+            ops.push(AlertOp::Raise(Box::new(NewAlert {
+                key,
+                supervisee_id: Some(sup),
+                severity: rules.cfg.severities.of(AlertKind::NoSignal),
+                zone_version: None,
+                rule_id: None,
+                confidence: Confidence::Confirmed,
+                late: false,
+                started_at: seen,
+                last_evidence_at: now,
+                ended_at: None,
+                explanation: format!(
+                    "No message since {last} ({} min; expected every {} s).",
+                    (now - seen).num_minutes(),
+                    interval.num_seconds()
+                ),
+                details: serde_json::json!({
+                    "last_seen": seen,
+                    "report_interval_s": interval.num_seconds(),
+                    "threshold_s": threshold.num_seconds(),
+                }),
+                evidence: Vec::new(),
+            })));
+            raised.push((dev, seen));
+        }
+        if ops.is_empty() {
+            continue;
+        }
+        let w = AlertWrites {
+            now,
+            ops,
+            ..Default::default()
+        };
+        match store.commit_alerts(&w).await {
+            Ok(report) => {
+                active.extend(raised);
+                for d in ended {
+                    active.remove(&d);
+                }
+                on_commit(&report);
+            }
+            Err(e) => tracing::warn!(error = %e, "no_signal changes not committed; will retry"),
+        }
+    }
+}

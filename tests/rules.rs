@@ -1,0 +1,609 @@
+//! The rules engine end to end: scenario → server → Mosquitto → PostgreSQL
+//! → alerts (rows, evidence, event log, MQTT), restarts, live changes,
+//! no_signal on the injectable clock, officers' actions.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::json;
+
+use common::*;
+use waypoint::alerts::{AlertKey, AlertKind, AlertOp, Confidence, NewAlert, OfficerAction};
+use waypoint::alerts::{ResolutionOutcome, Severity};
+use waypoint::clock::ManualClock;
+use waypoint::ingest::topic::native_topic;
+use waypoint::scenario::Scenario;
+use waypoint::store::{AlertFilter, AlertWrites, Store, StoreError};
+
+const WAIT: Duration = Duration::from_secs(30);
+const LAT: f64 = 51.5;
+const LON: f64 = -0.12;
+/// Metres to degrees of latitude.
+const M: f64 = 1.0 / 111_195.0;
+
+fn scenario(device: &str) -> Scenario {
+    Scenario::parse(
+        &json!({
+            "supervisees": [{"case_ref": "C-100", "time_zone": "Europe/London"}],
+            "devices": [{"device_id": device, "report_interval_s": 10}],
+            "zones": [{"zone_ref": "victim-home", "name": "Victim residence", "geojson": {
+                "type": "Feature", "properties": {"radius_m": 100},
+                "geometry": {"type": "Point", "coordinates": [LON, LAT]}}}],
+            "rules": [{"supervisee": "C-100", "role": "exclusion", "zone": "victim-home"}],
+            "assignments": [{"device": device, "supervisee": "C-100",
+                             "from": "2020-01-01T00:00:00Z"}]
+        })
+        .to_string(),
+    )
+    .unwrap()
+}
+
+/// A one-fix JSON message `north_m` metres north of the zone centre.
+fn at(device: &str, seq: u64, ts: DateTime<Utc>, north_m: f64) -> String {
+    json!({"v": 1, "device": device, "boot": 1, "seq": seq, "fixes": [{
+        "ts": ts.timestamp_millis(), "lat": LAT + north_m * M, "lon": LON, "acc": 8}]})
+    .to_string()
+}
+
+async fn alerts(db: &TestDb) -> Vec<waypoint::store::AlertRecord> {
+    db.store()
+        .alerts(&AlertFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// Collects everything published under `filter`.
+async fn subscribe(filter: &str) -> (Arc<Mutex<Vec<serde_json::Value>>>, AsyncClient) {
+    let mut o = MqttOptions::new(unique("sub-"), BROKER.0, BROKER.1);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(o, 100);
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut tx = Some(tx);
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Ok(v) = serde_json::from_slice(&p.payload) {
+                        sink.lock().unwrap().push(v);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    client
+        .subscribe(filter, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("SUBACK")
+        .unwrap();
+    (got, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walking_into_an_exclusion_zone_yields_one_alert_with_evidence() {
+    let db = TestDb::new().await;
+    db.store()
+        .apply_scenario(&scenario("tag-1"), "test")
+        .await
+        .unwrap();
+    let opts = ServerOpts::new(&db);
+    let (published, _sub) = subscribe(&format!("{}em/v1/alerts/#", opts.prefix)).await;
+    let srv = start_server(&opts).await;
+    let publ = Publisher::connect().await;
+    let topic = native_topic(&opts.prefix, "tag-1");
+
+    // Walk from 400 m north to 40 m inside, then stay, one fix per message.
+    let t0 = Utc::now() - TimeDelta::seconds(120);
+    let path = [400.0, 250.0, 120.0, 60.0, 40.0, 45.0, 50.0, 55.0];
+    let msgs: Vec<String> = path
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            at(
+                "tag-1",
+                i as u64 + 1,
+                t0 + TimeDelta::seconds(10 * i as i64),
+                *d,
+            )
+        })
+        .collect();
+    for m in &msgs {
+        publ.publish(&topic, m.as_str()).await;
+    }
+    wait_for("8 messages acked", WAIT, || async {
+        srv.metrics.messages_acked.get() >= 8
+    })
+    .await;
+
+    let a = alerts(&db).await;
+    assert_eq!(a.len(), 1, "{a:#?}");
+    let a = &a[0];
+    assert_eq!(a.kind, "exclusion_zone_entry");
+    assert_eq!(a.status, "open");
+    assert_eq!(a.confidence, "confirmed");
+    assert_eq!(a.severity, "critical");
+    assert_eq!(a.case_ref.as_deref(), Some("C-100"));
+    assert_eq!(a.zone_version, Some(1));
+    assert!(a.condition_ended_at.is_none());
+    assert_eq!(
+        a.evidence_count, 5,
+        "two triggering fixes and three updates"
+    );
+    assert!(a.evidence.len() >= 2);
+    assert!(a
+        .evidence
+        .iter()
+        .all(|e| e.lat.is_some() && e.acc_m == Some(8.0)));
+    assert!(
+        a.explanation
+            .starts_with("Entered exclusion zone 'Victim residence' at "),
+        "{}",
+        a.explanation
+    );
+    assert!(a.explanation.contains("m inside, accuracy 8 m"));
+
+    // Redelivery of everything: nothing new.
+    for m in &msgs {
+        publ.publish(&topic, m.as_str()).await;
+    }
+    wait_for("16 messages acked", WAIT, || async {
+        srv.metrics.messages_acked.get() >= 16
+    })
+    .await;
+    let again = alerts(&db).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].evidence_count, 5, "redelivery is not new evidence");
+
+    // The event log reached MQTT: raised, then updates.
+    wait_for("alert events on MQTT", WAIT, || async {
+        published
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["event_type"] == "raised")
+    })
+    .await;
+    let events = published.lock().unwrap().clone();
+    let raised: Vec<_> = events
+        .iter()
+        .filter(|e| e["event_type"] == "raised")
+        .collect();
+    assert_eq!(raised.len(), 1);
+    assert_eq!(raised[0]["alert_id"], a.alert_id);
+    assert_eq!(raised[0]["device_id"], "tag-1");
+    assert_eq!(raised[0]["alert"]["kind"], "exclusion_zone_entry");
+    let metrics = http_get(srv.http_addr, "/metrics").await.1;
+    assert!(
+        metrics.contains("waypoint_alerts_raised_total{kind=\"exclusion_zone_entry\"} 1"),
+        "{metrics}"
+    );
+    // Event ids are gap-free and increasing in the log.
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT event_id FROM alert_events ORDER BY event_id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>());
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_violation_in_progress_survives_a_restart_and_is_never_raised_twice() {
+    let db = TestDb::new().await;
+    db.store()
+        .apply_scenario(&scenario("tag-2"), "test")
+        .await
+        .unwrap();
+    let opts = ServerOpts::new(&db);
+    let topic = native_topic(&opts.prefix, "tag-2");
+    let publ = Publisher::connect().await;
+    let t0 = Utc::now() - TimeDelta::seconds(120);
+
+    // One violating fix, then the server restarts.
+    let srv = start_server(&opts).await;
+    publ.publish(&topic, at("tag-2", 1, t0, 10.0)).await;
+    wait_for("1 ack", WAIT, || async {
+        srv.metrics.messages_acked.get() >= 1
+    })
+    .await;
+    srv.stop().await;
+    assert!(alerts(&db).await.is_empty(), "one fix is not enough");
+
+    // The second violating fix, after the restart, completes the debounce.
+    let srv = start_server(&opts).await;
+    publ.publish(&topic, at("tag-2", 2, t0 + TimeDelta::seconds(10), 10.0))
+        .await;
+    wait_for("1 ack", WAIT, || async {
+        srv.metrics.messages_acked.get() >= 1
+    })
+    .await;
+    assert_eq!(
+        alerts(&db).await.len(),
+        1,
+        "the violation in progress was kept"
+    );
+    srv.stop().await;
+
+    // And after another restart the open alert is updated, not raised again.
+    let srv = start_server(&opts).await;
+    publ.publish(&topic, at("tag-2", 3, t0 + TimeDelta::seconds(20), 10.0))
+        .await;
+    wait_for("1 ack", WAIT, || async {
+        srv.metrics.messages_acked.get() >= 1
+    })
+    .await;
+    let a = alerts(&db).await;
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].evidence_count, 3);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_changes_reach_a_running_server_without_restart() {
+    let db = TestDb::new().await;
+    db.enroll("tag-3").await;
+    let opts = ServerOpts::new(&db);
+    let srv = start_server(&opts).await;
+    assert_eq!(srv.rules.snapshot().counts(), (0, 0));
+
+    let loaded = Instant::now();
+    db.store()
+        .apply_scenario(&scenario("tag-3"), "test")
+        .await
+        .unwrap();
+    wait_for("the new rules in force", Duration::from_secs(5), || async {
+        srv.rules.snapshot().counts() == (1, 1)
+    })
+    .await;
+    eprintln!(
+        "rules in force {:?} after the load committed",
+        loaded.elapsed()
+    );
+
+    let publ = Publisher::connect().await;
+    let topic = native_topic(&opts.prefix, "tag-3");
+    let t0 = Utc::now() - TimeDelta::seconds(60);
+    publ.publish(&topic, at("tag-3", 1, t0, 0.0)).await;
+    publ.publish(&topic, at("tag-3", 2, t0 + TimeDelta::seconds(5), 0.0))
+        .await;
+    wait_for("2 acks", WAIT, || async {
+        srv.metrics.messages_acked.get() >= 2
+    })
+    .await;
+    assert_eq!(alerts(&db).await.len(), 1);
+
+    // Editing the zone makes a new version; later alerts point at it.
+    let mut edited = scenario("tag-3");
+    edited.zones[0].geojson["properties"]["radius_m"] = json!(150);
+    let rep = db.store().apply_scenario(&edited, "test").await.unwrap();
+    assert_eq!(rep.zone_versions_added, 1);
+    let again = db.store().apply_scenario(&edited, "test").await.unwrap();
+    assert_eq!(again.zone_versions_added, 0, "loading is idempotent");
+    assert_eq!(again.supervisees_created + again.zones_created, 0);
+    wait_for(
+        "zone version 2 in force",
+        Duration::from_secs(5),
+        || async {
+            srv.rules
+                .snapshot()
+                .zone(
+                    sqlx::query_scalar::<_, i64>("SELECT zone_id FROM zones")
+                        .fetch_one(&db.pool)
+                        .await
+                        .unwrap(),
+                )
+                .is_some_and(|z| z.version == 2)
+        },
+    )
+    .await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_signal_follows_the_server_clock_and_ends_when_messages_return() {
+    let db = TestDb::new().await;
+    db.store()
+        .apply_scenario(&scenario("tag-4"), "test")
+        .await
+        .unwrap();
+    let start = Utc::now();
+    let clock = Arc::new(ManualClock::new(start));
+    let mut opts = ServerOpts::new(&db);
+    opts.clock = clock.clone();
+    let srv = start_server(&opts).await;
+    let publ = Publisher::connect().await;
+    let topic = native_topic(&opts.prefix, "tag-4");
+    publ.publish(&topic, at("tag-4", 1, start - TimeDelta::seconds(5), 500.0))
+        .await;
+    wait_for("1 ack", WAIT, || async {
+        srv.metrics.messages_acked.get() >= 1
+    })
+    .await;
+
+    // Interval 10 s × 3: silent for 25 s is fine.
+    clock.advance(TimeDelta::seconds(25));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(alerts(&db).await.is_empty());
+    clock.advance(TimeDelta::seconds(10));
+    wait_for("no_signal raised", Duration::from_secs(10), || async {
+        alerts(&db).await.iter().any(|a| a.kind == "no_signal")
+    })
+    .await;
+    let a = alerts(&db).await;
+    assert!(
+        a[0].explanation.starts_with("No message since"),
+        "{}",
+        a[0].explanation
+    );
+
+    publ.publish(&topic, at("tag-4", 2, clock_now(&clock), 500.0))
+        .await;
+    wait_for("no_signal ended", Duration::from_secs(10), || async {
+        alerts(&db)
+            .await
+            .iter()
+            .any(|a| a.kind == "no_signal" && a.condition_ended_at.is_some())
+    })
+    .await;
+    assert_eq!(alerts(&db).await.len(), 1, "raised once");
+    srv.stop().await;
+}
+
+fn clock_now(c: &ManualClock) -> DateTime<Utc> {
+    use waypoint::clock::Clock;
+    c.now()
+}
+
+fn raise(device_key: i64, at: DateTime<Utc>) -> AlertOp {
+    AlertOp::Raise(Box::new(NewAlert {
+        key: AlertKey {
+            device_key,
+            kind: AlertKind::StrapTamper,
+            zone_id: None,
+            pairing_id: None,
+        },
+        supervisee_id: None,
+        severity: Severity::Critical,
+        zone_version: None,
+        rule_id: None,
+        confidence: Confidence::Confirmed,
+        late: false,
+        started_at: at,
+        last_evidence_at: at,
+        ended_at: None,
+        explanation: "Device reported its strap opened.".into(),
+        details: json!({}),
+        evidence: vec![],
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_active_alert_per_condition_and_officer_decisions_are_recorded() {
+    let db = TestDb::new().await;
+    db.enroll("tag-5").await;
+    let store = db.store();
+    let key: i64 = sqlx::query_scalar("SELECT device_key FROM devices")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let w = |ops| AlertWrites {
+        now,
+        ops,
+        ..Default::default()
+    };
+    // Two writers racing on the same condition (NULL zone and pairing).
+    let (w1, w2) = (w(vec![raise(key, now)]), w(vec![raise(key, now)]));
+    let (a, b) = tokio::join!(store.commit_alerts(&w1), store.commit_alerts(&w2));
+    let raised = a.unwrap().alerts_raised.len() + b.unwrap().alerts_raised.len();
+    assert_eq!(raised, 1);
+    assert_eq!(alerts(&db).await.len(), 1);
+    let id = alerts(&db).await[0].alert_id;
+
+    // A recurrence after the condition ended opens a new alert, while the
+    // first still waits for a decision.
+    let end = AlertOp::End {
+        key: AlertKey {
+            device_key: key,
+            kind: AlertKind::StrapTamper,
+            zone_id: None,
+            pairing_id: None,
+        },
+        at: now,
+        reason: "closed".into(),
+    };
+    store.commit_alerts(&w(vec![end])).await.unwrap();
+    store
+        .commit_alerts(&w(vec![raise(key, now + TimeDelta::seconds(60))]))
+        .await
+        .unwrap();
+    assert_eq!(alerts(&db).await.len(), 2);
+
+    // Officer workflow.
+    let resolve = |note: &str| OfficerAction::Resolve {
+        outcome: ResolutionOutcome::EquipmentFault,
+        note: note.into(),
+    };
+    assert!(matches!(
+        store.alert_action(id, "pc-1", &resolve(""), now).await,
+        Err(StoreError::Invalid(_))
+    ));
+    store
+        .alert_action(id, "pc-1", &OfficerAction::Acknowledge, now)
+        .await
+        .unwrap();
+    store
+        .alert_action(
+            id,
+            "pc-1",
+            &OfficerAction::Note("called, no answer".into()),
+            now,
+        )
+        .await
+        .unwrap();
+    store
+        .alert_action(id, "pc-2", &resolve("strap replaced at visit"), now)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .alert_action(id, "pc-1", &OfficerAction::Acknowledge, now)
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store
+            .alert_action(999_999, "pc-1", &OfficerAction::Acknowledge, now)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let rec = alerts(&db)
+        .await
+        .into_iter()
+        .find(|a| a.alert_id == id)
+        .unwrap();
+    assert_eq!(rec.status, "resolved");
+    let who: Vec<(&str, &str)> = rec
+        .actions
+        .iter()
+        .map(|a| (a.action.as_str(), a.actor.as_str()))
+        .collect();
+    assert_eq!(
+        who,
+        [
+            ("acknowledge", "pc-1"),
+            ("note", "pc-1"),
+            ("resolve", "pc-2")
+        ]
+    );
+    let types: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM alert_events WHERE alert_id = $1 ORDER BY event_id",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        types,
+        // The racing writer's raise became an update of the same alert.
+        [
+            "raised",
+            "updated",
+            "condition_ended",
+            "acknowledged",
+            "note",
+            "resolved"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_load_and_alert_decisions_from_the_cli() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scenario.json");
+    std::fs::write(
+        &file,
+        serde_json::to_string(&serde_json::to_value(scenario("tag-6")).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_waypoint"))
+            .args(args)
+            .env("WAYPOINT_DATABASE_URL", &db.url)
+            .output()
+            .unwrap()
+    };
+    let f = file.to_str().unwrap();
+    let out = run(&["scenario", "load", f]);
+    assert!(out.status.success(), "{out:?}");
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["zones_created"], 1);
+    assert_eq!(rep["assignments_created"], 1);
+    let out = run(&["scenario", "load", f]);
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["zones_created"], 0, "idempotent");
+
+    // A bad file changes nothing and says where it is wrong.
+    std::fs::write(
+        &file,
+        r#"{"zones": [{"zone_ref": "z", "name": "Z", "geojson": {"type": "Point", "coordinates": [0, 0]}}]}"#,
+    )
+    .unwrap();
+    let out = run(&["scenario", "load", f]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("zones[0] (z)"), "{err}");
+
+    let key: i64 = sqlx::query_scalar("SELECT device_key FROM devices")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    db.store()
+        .commit_alerts(&AlertWrites {
+            now: Utc::now(),
+            ops: vec![raise(key, Utc::now())],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let out = run(&["alerts", "list", "--status", "open"]);
+    let line: serde_json::Value =
+        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    let id = line["alert_id"].as_i64().unwrap().to_string();
+    let out = run(&[
+        "alerts",
+        "resolve",
+        &id,
+        "--actor",
+        "pc-9",
+        "--outcome",
+        "sanction",
+        "--note",
+        "x",
+    ]);
+    assert!(!out.status.success(), "no such outcome");
+    let out = run(&[
+        "alerts",
+        "resolve",
+        &id,
+        "--actor",
+        "pc-9",
+        "--outcome",
+        "gps_false_alarm",
+        "--note",
+        " ",
+    ]);
+    assert!(!out.status.success(), "note required");
+    let out = run(&[
+        "alerts",
+        "resolve",
+        &id,
+        "--actor",
+        "pc-9",
+        "--outcome",
+        "equipment_fault",
+        "--note",
+        "strap worn; replaced",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["alerts", "list", "--status", "resolved"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("strap worn; replaced"));
+}
