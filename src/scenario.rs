@@ -375,6 +375,20 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let doc = include_str!("../docs/scenario.md");
+        let json = doc
+            .split("```json")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("docs/scenario.md has a JSON example");
+        let s = Scenario::parse(json).unwrap();
+        assert_eq!(s.zones.len(), 5);
+        assert_eq!(s.pairings[0].distances(), (500.0, 750.0));
+        Scenario::parse(include_str!("../docs/examples/quickstart.json")).unwrap();
+    }
+
+    #[test]
     fn a_valid_file_parses() {
         Scenario::parse(&base().to_string()).unwrap();
     }

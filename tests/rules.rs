@@ -607,3 +607,70 @@ async fn scenario_load_and_alert_decisions_from_the_cli() {
     let out = run(&["alerts", "list", "--status", "resolved"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("strap worn; replaced"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_victims_device_coming_close_raises_proximity_and_its_positions_are_not_stored() {
+    let db = TestDb::new().await;
+    let mut s = scenario("tag-7");
+    s.rules.clear();
+    s.devices.push(waypoint::scenario::DeviceSpec {
+        device_id: "victim-7".into(),
+        report_interval_s: None,
+    });
+    s.pairings.push(waypoint::scenario::PairingSpec {
+        victim_device: "victim-7".into(),
+        supervisee: "C-100".into(),
+        enter_m: Some(300.0),
+        exit_m: Some(500.0),
+    });
+    db.store().apply_scenario(&s, "test").await.unwrap();
+    // More shards than devices' worth of luck: the two devices may land on
+    // different shards; the design does not care.
+    let mut opts = ServerOpts::new(&db);
+    opts.extra = vec!["--shards".into(), "4".into()];
+    let srv = start_server(&opts).await;
+    let publ = Publisher::connect().await;
+    let t0 = Utc::now() - TimeDelta::seconds(60);
+    publ.publish(
+        &native_topic(&opts.prefix, "victim-7"),
+        at("victim-7", 1, t0, 0.0),
+    )
+    .await;
+    wait_for("victim message acked", WAIT, || async {
+        srv.metrics.messages_acked.get() >= 1
+    })
+    .await;
+    publ.publish(
+        &native_topic(&opts.prefix, "tag-7"),
+        at("tag-7", 1, t0 + TimeDelta::seconds(5), 150.0),
+    )
+    .await;
+    wait_for("proximity alert", WAIT, || async {
+        alerts(&db)
+            .await
+            .iter()
+            .any(|a| a.kind == "victim_proximity")
+    })
+    .await;
+    let a = alerts(&db).await;
+    assert_eq!(a.len(), 1);
+    assert!(
+        a[0].explanation.contains("Paired victim's device"),
+        "{}",
+        a[0].explanation
+    );
+    let victim_fixes = db
+        .count(
+            "SELECT count(*) FROM fixes f JOIN devices d USING (device_key) \
+             WHERE d.device_id = 'victim-7'",
+        )
+        .await;
+    assert_eq!(victim_fixes, 0, "victim positions serve the check only");
+    assert_eq!(
+        db.count("SELECT count(*) FROM messages m JOIN devices d USING (device_key) WHERE d.device_id = 'victim-7'")
+            .await,
+        1,
+        "but the message is on the ledger (no duplicates on redelivery)"
+    );
+    srv.stop().await;
+}

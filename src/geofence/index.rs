@@ -7,8 +7,9 @@ use rstar::{RStarInsertionStrategy, RTree, RTreeObject, RTreeParams, AABB};
 
 use super::{PreparedZone, Probe, Relation, M_PER_DEG};
 
-/// Node size of the envelope tree. Larger nodes than rstar's default (6)
-/// make the tree shallower; measured in benches/geofence.rs.
+/// Node size of the envelope tree: a little larger than rstar's default
+/// (6) for a shallower tree. On the shared 2-core bench machine the
+/// difference was within run-to-run noise.
 struct Params;
 impl RTreeParams for Params {
     const MIN_SIZE: usize = 4;

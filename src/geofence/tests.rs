@@ -333,7 +333,7 @@ fn relate_within_is_relate_filtered() {
                 f64::NAN,
                 f64::INFINITY,
             ] {
-                let want = if !full.inside && !(full.boundary_m <= r) && !r.is_nan() {
+                let want = if !full.inside && full.boundary_m > r {
                     None
                 } else {
                     Some(full)
@@ -375,7 +375,7 @@ fn index_agrees_with_brute_force() {
         let idx = ZoneIndex::build(zones.clone());
         assert_eq!(idx.len(), 400);
         let mut pts = vec![];
-        for _ in 0..2_000 {
+        for _ in 0..1_000 {
             pts.push((clat + rng.range(-0.12, 0.12), clon + rng.range(-0.18, 0.18)));
         }
         for (_, s) in shapes.iter().step_by(7) {
@@ -404,7 +404,7 @@ fn index_agrees_with_brute_force() {
                 nonempty += usize::from(!got.is_empty());
             }
         }
-        assert!(nonempty > 1000, "{nonempty}");
+        assert!(nonempty > 500, "{nonempty}");
     }
     let empty: ZoneIndex<u8> = ZoneIndex::build(vec![]);
     assert!(empty.is_empty());
@@ -759,7 +759,7 @@ fn capped_agrees_with_exact() {
         .map(|(k, s)| (*k, Arc::new(PreparedZone::new(s))))
         .collect();
     let idx = ZoneIndex::build(zones.clone());
-    for _ in 0..3_000 {
+    for _ in 0..1_500 {
         let (lat, lon) = (51.5 + rng.range(-0.06, 0.06), -0.1 + rng.range(-0.1, 0.1));
         for r in [0.0, rng.range(0.0, 60.0), rng.range(0.0, 3_000.0)] {
             let mut want = vec![];
