@@ -147,7 +147,11 @@ async fn walking_into_an_exclusion_zone_yields_one_alert_with_evidence() {
         a.evidence_count, 5,
         "two triggering fixes and three updates"
     );
-    assert!(a.evidence.len() >= 2);
+    assert_eq!(
+        a.evidence.len(),
+        5,
+        "every fix kept as evidence while under the cap"
+    );
     assert!(a
         .evidence
         .iter()

@@ -21,7 +21,7 @@ use crate::alerts::{
     AlertKey, AlertKind, AlertOp, Confidence, Evidence, NewAlert, Severities, MAX_EVIDENCE,
 };
 use crate::domain::{EventKind, Fix, StrapState};
-use crate::geofence::Relation;
+use crate::geofence::{Probe, Relation};
 use crate::store::AcceptedMessage;
 
 /// Thresholds of the engine; every one has a flag.
@@ -304,11 +304,12 @@ impl Evaluator<'_> {
     fn fix(&self, st: &mut DeviceState, device: i64, f: &Fix, out: &mut Output) {
         let wearer = self.snap.wearer(device, f.ts);
         let acc = f64::from(f.acc_m);
+        let probe = Probe::new(f.lat, f.lon);
         let mut seen: Vec<AlertKey> = Vec::new();
         if let Some(sup) = wearer {
             for rule in self.snap.rules_of(sup) {
                 let applies = self.snap.applies(sup, rule, f.ts);
-                for (key, obs) in self.rule_observations(st, device, sup, rule, f, acc, applies) {
+                for (key, obs) in self.rule_observations(st, device, &probe, rule, acc, applies) {
                     seen.push(key);
                     self.step(st, key, Some(rule.id), rule, obs, f, sup, out);
                 }
@@ -381,9 +382,8 @@ impl Evaluator<'_> {
         &self,
         st: &DeviceState,
         device: i64,
-        _sup: i64,
+        probe: &Probe,
         rule: &Rule,
-        f: &Fix,
         acc: f64,
         applies: bool,
     ) -> Vec<(AlertKey, Obs)> {
@@ -407,7 +407,16 @@ impl Evaluator<'_> {
                 } else {
                     match self.snap.zone(*z) {
                         Some(zone) => {
-                            let rel = zone.geom.relate(f.lat, f.lon);
+                            // Capped: the boundary distance is only needed up
+                            // to the accuracy radius to classify; the exact
+                            // figure is computed when an alert is raised.
+                            let rel =
+                                zone.geom
+                                    .relate_capped_probe(probe, acc)
+                                    .unwrap_or(Relation {
+                                        inside: false,
+                                        boundary_m: f64::INFINITY,
+                                    });
                             observe((rule.role == Role::Exclusion) == rel.inside, rel, acc)
                         }
                         None => Obs::NotApplicable,
@@ -419,7 +428,7 @@ impl Evaluator<'_> {
                 let mut v = Vec::new();
                 if applies {
                     if let Some(index) = self.snap.list(l) {
-                        index.near(f.lat, f.lon, acc, |z, rel| {
+                        index.near_capped_probe(probe, acc, |z, rel| {
                             v.push((key(z), observe(rel.inside, rel, acc)));
                         });
                     }
@@ -581,6 +590,12 @@ impl Evaluator<'_> {
     fn new_alert(&self, c: &Condition, sup: i64, f: Option<&Fix>, d: f64, late: bool) -> NewAlert {
         let conf = c.best.unwrap_or(Confidence::Confirmed);
         let zone = c.key.zone_id.and_then(|z| self.snap.zone(z));
+        // Hot-path distances are capped at the accuracy radius; an alert
+        // states the exact figure.
+        let d = match (zone, f) {
+            (Some(z), Some(f)) if !d.is_finite() => z.geom.relate(f.lat, f.lon).boundary_m,
+            _ => d,
+        };
         let sup_opt = (sup != 0).then_some(sup);
         let at = f.map_or(c.since, |f| f.ts);
         let when = self.local(sup_opt, c.since);
@@ -649,12 +664,13 @@ impl Evaluator<'_> {
             return;
         };
         let acc = f64::from(f.acc_m);
+        let probe = Probe::new(f.lat, f.lon);
         let empty = DeviceState::default();
         for rule in self.snap.rules_of(sup) {
             if !self.snap.applies(sup, rule, f.ts) {
                 continue;
             }
-            for (key, obs) in self.rule_observations(&empty, device, sup, rule, f, acc, true) {
+            for (key, obs) in self.rule_observations(&empty, device, &probe, rule, acc, true) {
                 if let Obs::Violation(conf @ (Confidence::Confirmed | Confidence::Probable), d) =
                     obs
                 {
@@ -961,7 +977,7 @@ fn evidence_of(f: &Fix, conf: Confidence, d: f64) -> Evidence {
         lon: Some(f.lon),
         acc_m: Some(f.acc_m),
         observation: conf.as_str().to_owned(),
-        distance_m: Some(d as f32),
+        distance_m: d.is_finite().then_some(d as f32),
         detail: None,
     }
 }

@@ -626,6 +626,11 @@ fn device_state_stays_small_and_round_trips() {
     let bytes = std::mem::size_of::<DeviceState>()
         + r.st.conditions.capacity() * std::mem::size_of::<super::engine::Condition>()
         + 48;
+    eprintln!(
+        "device state: {} B struct, {} B per condition, {bytes} B with one active condition",
+        std::mem::size_of::<DeviceState>(),
+        std::mem::size_of::<super::engine::Condition>()
+    );
     assert!(bytes <= 1024, "{bytes} bytes per tracked device");
     let idle = DeviceState::default();
     assert!(serde_json::to_string(&idle).unwrap().len() < 200);

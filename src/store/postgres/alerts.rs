@@ -1,7 +1,7 @@
 //! Alert writes (inside a batch's transaction), the alert-event log, and
 //! officers' actions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row};
@@ -31,8 +31,23 @@ pub(super) async fn write(
         }
         events.push((id, ty));
     };
-    for op in coalesce(&w.ops) {
+    let ops = coalesce(&w.ops);
+    // Keys raised or ended in this batch keep their exact order; evidence
+    // for every other (already open) alert goes in bulk statements, which is
+    // what a device sitting in a zone costs per batch.
+    let transitions: HashSet<AlertKey> = ops
+        .iter()
+        .filter_map(|o| match o {
+            Op::Raise(a) => Some(a.key),
+            Op::End { key, .. } => Some(*key),
+            Op::Evidence { .. } => None,
+        })
+        .collect();
+    let mut bulk: Vec<&Op> = Vec::new();
+    let mut evidence_rows: Vec<(i64, &Evidence)> = Vec::new();
+    for op in &ops {
         match op {
+            Op::Evidence { key, .. } if !transitions.contains(key) => bulk.push(op),
             Op::Raise(a) => {
                 let row = sqlx::query(
                     "INSERT INTO alerts AS a (device_key, supervisee_id, kind, severity, zone_id, \
@@ -77,7 +92,7 @@ pub(super) async fn write(
                     // never a second alert.
                     push(&mut events, id, "updated");
                 }
-                insert_evidence(conn, id, &a.evidence).await?;
+                evidence_rows.extend(a.evidence.iter().map(|e| (id, e)));
             }
             Op::Evidence {
                 key,
@@ -102,7 +117,7 @@ pub(super) async fn write(
                 .await
                 .map_err(classify)?;
                 if let Some(id) = id {
-                    insert_evidence(conn, id, &evidence).await?;
+                    evidence_rows.extend(evidence.iter().map(|e| (id, e)));
                     push(&mut events, id, "updated");
                 }
             }
@@ -129,6 +144,12 @@ pub(super) async fn write(
             }
         }
     }
+    for (id, updated) in bulk_evidence(conn, &bulk, &mut evidence_rows).await? {
+        if updated {
+            push(&mut events, id, "updated");
+        }
+    }
+    insert_evidence(conn, &evidence_rows).await?;
     append_events(conn, &events, w.now).await?;
     report.alert_events += events.len() as u64;
     Ok(())
@@ -199,18 +220,96 @@ fn coalesce(ops: &[AlertOp]) -> Vec<Op<'_>> {
     out
 }
 
-/// Appends evidence rows after the alert's existing ones, up to the cap.
+/// Evidence updates of open alerts in one statement. Returns each updated
+/// alert with whether it deserves an `updated` log entry: at most one per
+/// alert per minute of event time, so a device parked in a zone for hours
+/// does not flood the log (the alert row always has the current count and
+/// last evidence time). Evidence rows are queued while the alert keeps fewer
+/// than the cap.
+async fn bulk_evidence<'a>(
+    conn: &mut PgConnection,
+    ops: &[&'a Op<'a>],
+    rows: &mut Vec<(i64, &'a Evidence)>,
+) -> Result<Vec<(i64, bool)>, StoreError> {
+    if ops.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut dk, mut kind, mut zone, mut pair, mut at, mut n) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for op in ops {
+        if let Op::Evidence {
+            key, at: t, count, ..
+        } = op
+        {
+            dk.push(key.device_key);
+            kind.push(key.kind.as_str());
+            zone.push(key.zone_id);
+            pair.push(key.pairing_id);
+            at.push(*t);
+            n.push(*count);
+        }
+    }
+    // `o` is the row as it was before this statement: the old count and
+    // evidence time decide about evidence rows and the log entry.
+    let updated = sqlx::query(
+        "UPDATE alerts a SET last_evidence_at = GREATEST(a.last_evidence_at, u.at), \
+           evidence_count = a.evidence_count + u.n \
+         FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::timestamptz[], \
+           $6::int4[]) WITH ORDINALITY AS u(device_key, kind, zone_id, pairing_id, at, n, i), \
+           alerts o \
+         WHERE a.device_key = u.device_key AND a.kind = u.kind \
+           AND a.zone_id IS NOT DISTINCT FROM u.zone_id \
+           AND a.pairing_id IS NOT DISTINCT FROM u.pairing_id \
+           AND a.condition_ended_at IS NULL AND o.alert_id = a.alert_id \
+         RETURNING a.alert_id, u.i, o.evidence_count AS old_count, \
+           date_trunc('minute', a.last_evidence_at) > date_trunc('minute', o.last_evidence_at) \
+             AS new_minute",
+    )
+    .bind(&dk)
+    .bind(&kind)
+    .bind(&zone)
+    .bind(&pair)
+    .bind(&at)
+    .bind(&n)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(classify)?;
+    let mut out = Vec::with_capacity(updated.len());
+    for r in updated {
+        let id: i64 = r.get("alert_id");
+        let i: i64 = r.get("i");
+        let old: i32 = r.get("old_count");
+        if (old as usize) < MAX_EVIDENCE {
+            if let Some(Op::Evidence { evidence, .. }) = ops.get(i as usize - 1).copied() {
+                rows.extend(evidence.iter().map(|e| (id, e)));
+            }
+        }
+        out.push((id, r.get("new_minute")));
+    }
+    Ok(out)
+}
+
+/// Appends evidence rows after each alert's existing ones, up to the cap,
+/// in one statement.
 async fn insert_evidence(
     conn: &mut PgConnection,
-    alert_id: i64,
-    evidence: &[Evidence],
+    rows: &[(i64, &Evidence)],
 ) -> Result<(), StoreError> {
-    if evidence.is_empty() {
+    if rows.is_empty() {
         return Ok(());
     }
-    let (mut at, mut lat, mut lon, mut acc, mut obs, mut dist, mut detail) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    for e in evidence.iter().take(MAX_EVIDENCE) {
+    let (mut id, mut at, mut lat, mut lon, mut acc, mut obs, mut dist, mut detail) = (
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+    );
+    for (a, e) in rows {
+        id.push(*a);
         at.push(e.at);
         lat.push(e.lat);
         lon.push(e.lon);
@@ -222,15 +321,17 @@ async fn insert_evidence(
     sqlx::query(
         "INSERT INTO alert_evidence (alert_id, ord, fix_time, lat, lon, acc_m, observation, \
          boundary_m, detail) \
-         SELECT $1, base.n + u.i - 1, u.fix_time, u.lat, u.lon, u.acc_m, u.observation, \
+         SELECT u.alert_id, b.n + u.rn - 1, u.fix_time, u.lat, u.lon, u.acc_m, u.observation, \
            u.boundary_m, u.detail \
-         FROM (SELECT count(*) AS n FROM alert_evidence WHERE alert_id = $1) base, \
-           UNNEST($2::timestamptz[], $3::float8[], $4::float8[], $5::float4[], $6::text[], \
-           $7::float4[], $8::text[]) WITH ORDINALITY \
-           AS u(fix_time, lat, lon, acc_m, observation, boundary_m, detail, i) \
-         WHERE base.n + u.i <= $9",
+         FROM (SELECT x.*, row_number() OVER (PARTITION BY x.alert_id ORDER BY x.i) AS rn \
+               FROM UNNEST($1::int8[], $2::timestamptz[], $3::float8[], $4::float8[], \
+                 $5::float4[], $6::text[], $7::float4[], $8::text[]) WITH ORDINALITY \
+                 AS x(alert_id, fix_time, lat, lon, acc_m, observation, boundary_m, detail, i)) u \
+         CROSS JOIN LATERAL (SELECT count(*) AS n FROM alert_evidence e \
+                             WHERE e.alert_id = u.alert_id) b \
+         WHERE b.n + u.rn <= $9",
     )
-    .bind(alert_id)
+    .bind(&id)
     .bind(&at)
     .bind(&lat)
     .bind(&lon)
