@@ -57,7 +57,7 @@ async fn every_published_fix_is_stored_exactly_once() {
     let mut sent = Vec::new();
     for seq in 0..40u64 {
         for (i, d) in devices.iter().enumerate() {
-            let payload = if (seq as usize + i) % 2 == 0 {
+            let payload = if (seq as usize + i).is_multiple_of(2) {
                 json_msg(d, 1, seq, 3).into_bytes()
             } else {
                 binary_msg(d, 1, seq as i64, 3)

@@ -124,6 +124,29 @@ pub struct DeviceState {
     /// Conditions being watched.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Newest fix time as of the last write to the store (memory only).
+    #[serde(skip)]
+    pub checkpoint: Option<DateTime<Utc>>,
+}
+
+/// How stale the stored copy of a device's position bookkeeping may get.
+/// Conditions (membership, debounce counters) are written whenever they
+/// change; only `newest_fix`/`last_fix`/`last_seen` are checkpointed at
+/// most this often, which halves commit work for frequent reporters.
+pub const CHECKPOINT_EVERY: TimeDelta = TimeDelta::seconds(60);
+
+impl DeviceState {
+    /// Whether this state must be written, compared with `before`.
+    pub fn needs_write(&self, before: &DeviceState) -> bool {
+        self.conditions != before.conditions
+            || self.beacon != before.beacon
+            || self.last_usable_rx.is_some() != before.last_usable_rx.is_some()
+            || match (self.newest_fix, before.checkpoint) {
+                (Some(n), Some(c)) => n - c >= CHECKPOINT_EVERY,
+                (Some(_), None) => true,
+                (None, _) => before.checkpoint.is_none() && before.version == 0,
+            }
+    }
 }
 
 impl DeviceState {
@@ -305,12 +328,17 @@ impl Evaluator<'_> {
         let wearer = self.snap.wearer(device, f.ts);
         let acc = f64::from(f.acc_m);
         let probe = Probe::new(f.lat, f.lon);
-        let mut seen: Vec<AlertKey> = Vec::new();
         if let Some(sup) = wearer {
             for rule in self.snap.rules_of(sup) {
                 let applies = self.snap.applies(sup, rule, f.ts);
+                if let Target::Zone(z) = rule.target {
+                    // The common case, without allocating.
+                    let (key, obs) =
+                        self.zone_observation(st, device, &probe, rule, z, acc, applies);
+                    self.step(st, key, Some(rule.id), rule, obs, f, sup, out);
+                    continue;
+                }
                 for (key, obs) in self.rule_observations(st, device, &probe, rule, acc, applies) {
-                    seen.push(key);
                     self.step(st, key, Some(rule.id), rule, obs, f, sup, out);
                 }
             }
@@ -321,7 +349,6 @@ impl Evaluator<'_> {
                     zone_id: None,
                     pairing_id: Some(p.id),
                 };
-                seen.push(key);
                 let active = st.cond(&key).is_some_and(|i| st.conditions[i].active);
                 let obs = match self.board.get(p.victim_device_key) {
                     Some(v) if (v.at - f.ts).abs() <= self.cfg.proximity_max_age => {
@@ -354,14 +381,22 @@ impl Evaluator<'_> {
                 self.step(st, key, None, &rule, obs, f, sup, out);
             }
         }
+        if st.conditions.is_empty() {
+            return;
+        }
         // Conditions of rules no longer in force (rule removed, device
         // reissued, pairing ended) end now.
+        let rules = wearer.map_or(&[][..], |s| self.snap.rules_of(s));
+        let pairings = wearer.map_or(&[][..], |s| self.snap.pairings_of(s));
         let stale: Vec<AlertKey> = st
             .conditions
             .iter()
-            .filter(|c| c.rule.is_some() || c.key.kind == AlertKind::VictimProximity)
+            .filter(|c| match (c.rule, c.key.pairing_id) {
+                (Some(r), _) => !rules.iter().any(|x| x.id == r),
+                (None, Some(p)) => !pairings.iter().any(|x| x.id == p),
+                (None, None) => false,
+            })
             .map(|c| c.key)
-            .filter(|k| !seen.contains(k))
             .collect();
         for key in stale {
             let any = Rule {
@@ -376,6 +411,57 @@ impl Evaluator<'_> {
         }
     }
 
+    fn kind_of(role: Role) -> AlertKind {
+        match role {
+            Role::Inclusion => AlertKind::InclusionZoneExit,
+            Role::Exclusion => AlertKind::ExclusionZoneEntry,
+            Role::Home => AlertKind::CurfewViolation,
+        }
+    }
+
+    /// The observation of a single-zone rule.
+    #[allow(clippy::too_many_arguments)]
+    fn zone_observation(
+        &self,
+        st: &DeviceState,
+        device: i64,
+        probe: &Probe,
+        rule: &Rule,
+        z: i64,
+        acc: f64,
+        applies: bool,
+    ) -> (AlertKey, Obs) {
+        let key = AlertKey {
+            device_key: device,
+            kind: Self::kind_of(rule.role),
+            zone_id: Some(z),
+            pairing_id: None,
+        };
+        let obs = if !applies {
+            Obs::NotApplicable
+        } else if rule.role == Role::Home && st.beacon == Some(true) {
+            Obs::Compliant
+        } else {
+            match self.snap.zone(z) {
+                Some(zone) => {
+                    // Capped: the boundary distance is only needed up to the
+                    // accuracy radius to classify; the exact figure is
+                    // computed when an alert is raised.
+                    let rel = zone
+                        .geom
+                        .relate_capped_probe(probe, acc)
+                        .unwrap_or(Relation {
+                            inside: false,
+                            boundary_m: f64::INFINITY,
+                        });
+                    observe((rule.role == Role::Exclusion) == rel.inside, rel, acc)
+                }
+                None => Obs::NotApplicable,
+            }
+        };
+        (key, obs)
+    }
+
     /// Observations of one rule for one fix, keyed by the alert they feed.
     #[allow(clippy::too_many_arguments)]
     fn rule_observations(
@@ -387,11 +473,7 @@ impl Evaluator<'_> {
         acc: f64,
         applies: bool,
     ) -> Vec<(AlertKey, Obs)> {
-        let kind = match rule.role {
-            Role::Inclusion => AlertKind::InclusionZoneExit,
-            Role::Exclusion => AlertKind::ExclusionZoneEntry,
-            Role::Home => AlertKind::CurfewViolation,
-        };
+        let kind = Self::kind_of(rule.role);
         let key = |zone: i64| AlertKey {
             device_key: device,
             kind,
@@ -400,29 +482,7 @@ impl Evaluator<'_> {
         };
         match &rule.target {
             Target::Zone(z) => {
-                let obs = if !applies {
-                    Obs::NotApplicable
-                } else if rule.role == Role::Home && st.beacon == Some(true) {
-                    Obs::Compliant
-                } else {
-                    match self.snap.zone(*z) {
-                        Some(zone) => {
-                            // Capped: the boundary distance is only needed up
-                            // to the accuracy radius to classify; the exact
-                            // figure is computed when an alert is raised.
-                            let rel =
-                                zone.geom
-                                    .relate_capped_probe(probe, acc)
-                                    .unwrap_or(Relation {
-                                        inside: false,
-                                        boundary_m: f64::INFINITY,
-                                    });
-                            observe((rule.role == Role::Exclusion) == rel.inside, rel, acc)
-                        }
-                        None => Obs::NotApplicable,
-                    }
-                };
-                vec![(key(*z), obs)]
+                vec![self.zone_observation(st, device, probe, rule, *z, acc, applies)]
             }
             Target::List(l) => {
                 let mut v = Vec::new();

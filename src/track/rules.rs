@@ -146,19 +146,21 @@ impl CommitHook for ShardRules {
                 .or_insert_with(|| s.live.get(&m.device_key).cloned().unwrap_or_default());
             ev.message(st, m, &mut out);
         }
-        let states = s
-            .staged
-            .iter_mut()
-            .map(|(k, st)| {
-                st.version += 1;
-                StateRow {
-                    device_key: *k,
-                    version: st.version,
-                    last_seen: st.last_seen,
-                    state: serde_json::to_value(&*st).unwrap_or_default(),
-                }
-            })
-            .collect();
+        let mut states = Vec::new();
+        for (k, st) in s.staged.iter_mut() {
+            let before = s.live.get(k);
+            if before.is_some_and(|b| !st.needs_write(b)) {
+                continue;
+            }
+            st.version += 1;
+            st.checkpoint = st.newest_fix;
+            states.push(StateRow {
+                device_key: *k,
+                version: st.version,
+                last_seen: st.last_seen,
+                state: serde_json::to_value(&*st).unwrap_or_default(),
+            });
+        }
         self.metrics
             .rules_eval_seconds
             .observe(started.elapsed().as_secs_f64());
