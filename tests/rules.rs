@@ -678,3 +678,64 @@ async fn a_victims_device_coming_close_raises_proximity_and_its_positions_are_no
     );
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_signal_is_not_blamed_on_devices_while_the_server_could_not_hear() {
+    let mut broker = common::broker::start_broker(&[("waypoint-server", "s"), ("tag-8", "p")]);
+    let db = TestDb::new().await;
+    db.store()
+        .apply_scenario(&scenario("tag-8"), "test")
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let mut opts = ServerOpts::new(&db);
+    opts.clock = clock.clone();
+    opts.prefix = String::new();
+    opts.broker = format!("mqtt://waypoint-server:s@127.0.0.1:{}", broker.port);
+    let srv = start_server(&opts).await;
+    let publ = Publisher::connect_to(broker.port, Some(("tag-8", "p"))).await;
+    let topic = native_topic("", "tag-8");
+    publ.publish(
+        &topic,
+        at("tag-8", 1, clock_now(&clock) - TimeDelta::seconds(5), 500.0),
+    )
+    .await;
+    wait_for("1 ack", WAIT, || async {
+        srv.metrics.messages_acked.get() >= 1
+    })
+    .await;
+
+    // The broker goes away for two (server-clock) minutes: the server hears
+    // nothing, and that is not the device's fault.
+    broker.stop();
+    wait_for("server notices", WAIT, || async {
+        srv.metrics.mqtt_connected.get() == 0
+    })
+    .await;
+    clock.advance(TimeDelta::seconds(120));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        alerts(&db).await.is_empty(),
+        "deaf server blamed the device"
+    );
+
+    broker.start();
+    let addr = srv.http_addr;
+    wait_for("server hears again", WAIT, || async move {
+        http_get(addr, "/readyz").await.0 == 200
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        alerts(&db).await.is_empty(),
+        "silence is counted from the reconnection, not from the last message"
+    );
+    clock.advance(TimeDelta::seconds(31));
+    wait_for(
+        "no_signal after a full threshold of hearing",
+        WAIT,
+        || async { alerts(&db).await.iter().any(|a| a.kind == "no_signal") },
+    )
+    .await;
+    srv.stop().await;
+}

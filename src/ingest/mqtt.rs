@@ -114,6 +114,30 @@ pub struct MqttStatus {
     pub connected: AtomicBool,
     /// True once the broker granted every subscription on this connection.
     pub subscribed: AtomicBool,
+    /// Server-clock time the current subscription was granted: the
+    /// no_signal watchdog counts silence only from then.
+    pub subscribed_since: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+}
+
+impl MqttStatus {
+    /// When ingest started hearing devices on the current connection.
+    pub fn hearing_since(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        if !self.subscribed.load(Ordering::SeqCst) {
+            return None;
+        }
+        *self
+            .subscribed_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_subscribed(&self, since: Option<chrono::DateTime<chrono::Utc>>) {
+        *self
+            .subscribed_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = since;
+        self.subscribed.store(since.is_some(), Ordering::SeqCst);
+    }
 }
 
 /// Why the source stopped other than by shutdown.
@@ -201,7 +225,7 @@ impl Source {
             acks.new_epoch();
             outbox.clear();
             status.connected.store(false, Ordering::SeqCst);
-            status.subscribed.store(false, Ordering::SeqCst);
+            status.set_subscribed(None);
             metrics.mqtt_connected.set(0);
         };
         loop {
@@ -274,7 +298,7 @@ impl Source {
                                 .filter(|c| !matches!(c, SubscribeReasonCode::Success(_)))
                                 .collect();
                             if refused.is_empty() {
-                                status.subscribed.store(true, Ordering::SeqCst);
+                                status.set_subscribed(Some(clock.now()));
                             } else {
                                 // Typically the broker ACL: nothing will arrive,
                                 // and /readyz says so.

@@ -68,7 +68,8 @@ pub async fn run<S: Store>(
     // newer message ends the alert.
     let mut active: HashMap<i64, DateTime<Utc>> = HashMap::new();
     let mut loaded = false;
-    let mut hearing_since: Option<DateTime<Utc>> = None;
+    let mut unstalled_since: Option<DateTime<Utc>> = None;
+    let mut stall_seen = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -100,13 +101,21 @@ pub async fn run<S: Store>(
                 }
             }
         }
-        let hearing = mqtt.subscribed.load(Ordering::Relaxed)
-            && liveness.stalled.load(Ordering::Relaxed) == 0;
-        if !hearing {
-            hearing_since = None;
+        // Silence counts from the later of: the current subscription (set
+        // by the source when the broker granted it), and the end of the
+        // last database stall (seen at tick resolution).
+        let Some(subscribed) = mqtt.hearing_since() else {
+            continue;
+        };
+        if liveness.stalled.load(Ordering::Relaxed) > 0 {
+            stall_seen = true;
             continue;
         }
-        let since = *hearing_since.get_or_insert(now);
+        if stall_seen {
+            stall_seen = false;
+            unstalled_since = Some(now);
+        }
+        let since = unstalled_since.map_or(subscribed, |u| u.max(subscribed));
         let snap = rules.snapshot();
         let mut ops = Vec::new();
         let mut raised = Vec::new();

@@ -124,9 +124,19 @@ impl Broker {
     /// Stops the broker the way an operator would (SIGTERM: it saves its
     /// persistence file) and starts it again on the same port.
     pub fn restart(&mut self) {
+        self.stop();
+        self.start();
+    }
+
+    /// Stops the broker (SIGTERM).
+    pub fn stop(&mut self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port after [`Broker::stop`].
+    pub fn start(&mut self) {
         self.child = spawn(&self.conf, self.port);
     }
 }
