@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{broadcast, mpsc, Notify};
@@ -131,7 +131,15 @@ pub async fn run_mqtt<S: Store>(
                     ev = eventloop.poll() => ev,
                 };
                 match ev {
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if !matches!(
+                            ack.reason,
+                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                        ) {
+                            // Retrying cannot fix a refusal (typically the
+                            // broker ACL); the log keeps the event either way.
+                            tracing::warn!(reason = ?ack.reason, "broker refused an alert publish");
+                        }
                         let _ = acks_tx.try_send(());
                     }
                     Ok(_) => {}

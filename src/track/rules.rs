@@ -139,7 +139,22 @@ impl CommitHook for ShardRules {
         let mut guard = self.lock();
         let s = &mut *guard;
         s.staged.clear();
-        for m in fresh {
+        // A device's messages can arrive out of order (an offline buffer
+        // uploaded in several messages, retries): within the batch, evaluate
+        // each device's messages by the time of their oldest item, so only
+        // fixes older than what earlier batches saw are treated as late.
+        let mut ordered: Vec<&AcceptedMessage> = fresh.to_vec();
+        ordered.sort_by_key(|m| {
+            let t = &m.telemetry;
+            let first = t
+                .fixes
+                .iter()
+                .map(|f| f.ts)
+                .chain(t.events.iter().map(|e| e.ts))
+                .min();
+            (m.device_key, first.unwrap_or(m.received_at))
+        });
+        for m in ordered {
             let st = s
                 .staged
                 .entry(m.device_key)
@@ -170,5 +185,112 @@ impl CommitHook for ShardRules {
             states,
             timeline: out.timeline,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::domain::{DeviceId, Fix, FixSource, MessageKey, Telemetry};
+    use crate::rules::engine::RulesConfig;
+    use crate::rules::snapshot::{
+        AssignmentRow, RuleRow, RulesData, Snapshot, SuperviseeRow, ZoneRow,
+    };
+    use chrono::{DateTime, Utc};
+
+    fn msg(seq: i64, secs: &[i64], inside: bool) -> AcceptedMessage {
+        let t0 = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        AcceptedMessage {
+            device_key: 1,
+            topic: String::new(),
+            received_at: t0 + chrono::TimeDelta::seconds(1000),
+            digest: [0; 16],
+            telemetry: Telemetry {
+                device: DeviceId::parse("d").unwrap(),
+                key: MessageKey { boot: 1, seq },
+                fixes: secs
+                    .iter()
+                    .map(|s| Fix {
+                        ts: t0 + chrono::TimeDelta::seconds(*s),
+                        lat: if inside { 51.5 } else { 51.6 },
+                        lon: -0.12,
+                        acc_m: 5.0,
+                        alt_m: None,
+                        speed_mps: None,
+                        heading_deg: None,
+                        src: FixSource::Gnss,
+                    })
+                    .collect(),
+                status: None,
+                events: vec![],
+            },
+            item_rejections: vec![],
+            payload: bytes::Bytes::new(),
+            store_fixes: true,
+        }
+    }
+
+    #[test]
+    fn out_of_order_messages_in_a_batch_are_not_late_and_state_is_staged() {
+        let data = RulesData {
+            supervisees: vec![SuperviseeRow {
+                id: 1,
+                case_ref: "C".into(),
+                time_zone: "UTC".into(),
+            }],
+            zones: vec![ZoneRow {
+                id: 1,
+                name: "Z".into(),
+                list_ref: None,
+                version: 1,
+                geojson: serde_json::json!({"type": "Feature", "properties": {"radius_m": 100},
+                    "geometry": {"type": "Point", "coordinates": [-0.12, 51.5]}}),
+            }],
+            assignments: vec![AssignmentRow {
+                device_key: 1,
+                supervisee_id: 1,
+                from: DateTime::from_timestamp(0, 0).unwrap(),
+                to: None,
+            }],
+            rules: vec![RuleRow {
+                id: 1,
+                supervisee_id: 1,
+                role: "exclusion".into(),
+                zone_id: Some(1),
+                list_ref: None,
+                schedule: None,
+                confirm_fixes: 2,
+                grace_s: 60,
+            }],
+            ..Default::default()
+        };
+        let rules = crate::rules::Rules::fixed(Snapshot::build(data), RulesConfig::default());
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let sr = ShardRules::new(rules, clock, Arc::new(Metrics::new()));
+        // The newer message first, then the older one.
+        let (newer, older) = (msg(2, &[30, 40], true), msg(1, &[10, 20], true));
+        let w = sr.evaluate(&[&newer, &older]);
+        let raised: Vec<_> = w
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                crate::alerts::AlertOp::Raise(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(raised.len(), 1);
+        assert!(!raised[0].late, "sorted within the batch, nothing is late");
+        assert_eq!(raised[0].started_at.timestamp(), 1_790_000_010);
+        assert_eq!(w.states.len(), 1);
+        // Nothing is live until the commit succeeds.
+        assert!(sr.state(1).is_none());
+        sr.discard_staged();
+        assert!(sr.state(1).is_none());
+        let _ = sr.evaluate(&[&newer, &older]);
+        sr.commit_staged();
+        assert!(sr
+            .state(1)
+            .is_some_and(|s| s.is_active(crate::alerts::AlertKind::ExclusionZoneEntry)));
     }
 }
