@@ -270,8 +270,9 @@ pub struct Evidence {
     pub lon: Option<f64>,
     /// Accuracy radius in metres.
     pub acc_m: Option<f32>,
-    /// `confirmed`/`probable`/`possible`, or the device report's name.
-    pub observation: String,
+    /// `confirmed`/`probable`/`possible`, or the device report's name
+    /// (borrowed in the hot path, owned once read back).
+    pub observation: std::borrow::Cow<'static, str>,
     /// Metres to the zone boundary (or to the victim, for proximity).
     pub distance_m: Option<f32>,
     /// Short detail for people.

@@ -227,12 +227,11 @@ pub fn haversine_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
 
 /// Evaluates messages of one device.
 pub struct Evaluator<'a> {
-    /// Configuration in force.
-    pub snap: &'a Snapshot,
-    /// Thresholds.
-    pub cfg: &'a RulesConfig,
-    /// Latest victim positions (cross-shard).
-    pub board: &'a VictimBoard,
+    snap: &'a Snapshot,
+    cfg: &'a RulesConfig,
+    board: &'a VictimBoard,
+    /// Reused for shared-list observations: no allocation per fix.
+    scratch: std::cell::RefCell<Vec<(AlertKey, Obs)>>,
 }
 
 /// Items of one message in event-time order.
@@ -241,7 +240,17 @@ enum Item<'m> {
     Fix(&'m Fix),
 }
 
-impl Evaluator<'_> {
+impl<'a> Evaluator<'a> {
+    /// An evaluator over one snapshot (create one per batch).
+    pub fn new(snap: &'a Snapshot, cfg: &'a RulesConfig, board: &'a VictimBoard) -> Self {
+        Self {
+            snap,
+            cfg,
+            board,
+            scratch: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
     /// Evaluates one new message.
     pub fn message(&self, st: &mut DeviceState, m: &AcceptedMessage, out: &mut Output) {
         let device = m.device_key;
@@ -265,16 +274,25 @@ impl Evaluator<'_> {
             return;
         }
 
-        let mut items: Vec<Item> = t
-            .events
-            .iter()
-            .map(|e| Item::Event(e.ts, e.kind))
-            .chain(t.fixes.iter().map(Item::Fix))
-            .collect();
-        items.sort_by_key(|i| match i {
-            Item::Event(ts, _) => *ts,
-            Item::Fix(f) => f.ts,
-        });
+        // One fix and no events is the common message: no allocation.
+        let mut sorted: Vec<Item> = Vec::new();
+        let single;
+        let items: &[Item] = if t.events.is_empty() && t.fixes.len() == 1 {
+            single = [Item::Fix(&t.fixes[0])];
+            &single
+        } else {
+            sorted = t
+                .events
+                .iter()
+                .map(|e| Item::Event(e.ts, e.kind))
+                .chain(t.fixes.iter().map(Item::Fix))
+                .collect();
+            sorted.sort_by_key(|i| match i {
+                Item::Event(ts, _) => *ts,
+                Item::Fix(f) => f.ts,
+            });
+            &sorted
+        };
         // Status has no timestamp of its own: it is as new as the message's
         // newest item, or its receive time.
         let status_at = items
@@ -286,7 +304,7 @@ impl Evaluator<'_> {
             .unwrap_or(m.received_at);
 
         let mut late = LateGroups::default();
-        for item in &items {
+        for item in items {
             match item {
                 Item::Event(ts, k) => self.device_event(st, device, *ts, *k, out),
                 Item::Fix(f) => {
@@ -338,9 +356,13 @@ impl Evaluator<'_> {
                     self.step(st, key, Some(rule.id), rule, obs, f, sup, out);
                     continue;
                 }
-                for (key, obs) in self.rule_observations(st, device, &probe, rule, acc, applies) {
+                let mut scratch = std::mem::take(&mut *self.scratch.borrow_mut());
+                scratch.clear();
+                self.rule_observations(st, device, &probe, rule, acc, applies, &mut scratch);
+                for (key, obs) in scratch.drain(..) {
                     self.step(st, key, Some(rule.id), rule, obs, f, sup, out);
                 }
+                *self.scratch.borrow_mut() = scratch;
             }
             for p in self.snap.pairings_of(sup) {
                 let key = AlertKey {
@@ -464,6 +486,7 @@ impl Evaluator<'_> {
 
     /// Observations of one rule for one fix, keyed by the alert they feed.
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     fn rule_observations(
         &self,
         st: &DeviceState,
@@ -472,7 +495,8 @@ impl Evaluator<'_> {
         rule: &Rule,
         acc: f64,
         applies: bool,
-    ) -> Vec<(AlertKey, Obs)> {
+        v: &mut Vec<(AlertKey, Obs)>,
+    ) {
         let kind = Self::kind_of(rule.role);
         let key = |zone: i64| AlertKey {
             device_key: device,
@@ -482,10 +506,9 @@ impl Evaluator<'_> {
         };
         match &rule.target {
             Target::Zone(z) => {
-                vec![self.zone_observation(st, device, probe, rule, *z, acc, applies)]
+                v.push(self.zone_observation(st, device, probe, rule, *z, acc, applies));
             }
             Target::List(l) => {
-                let mut v = Vec::new();
                 if applies {
                     if let Some(index) = self.snap.list(l) {
                         index.near_capped_probe(probe, acc, |z, rel| {
@@ -505,7 +528,6 @@ impl Evaluator<'_> {
                         v.push((c.key, off));
                     }
                 }
-                v
             }
         }
     }
@@ -730,7 +752,9 @@ impl Evaluator<'_> {
             if !self.snap.applies(sup, rule, f.ts) {
                 continue;
             }
-            for (key, obs) in self.rule_observations(&empty, device, &probe, rule, acc, true) {
+            let mut v = Vec::new();
+            self.rule_observations(&empty, device, &probe, rule, acc, true, &mut v);
+            for (key, obs) in v {
                 if let Obs::Violation(conf @ (Confidence::Confirmed | Confidence::Probable), d) =
                     obs
                 {
@@ -777,7 +801,7 @@ impl Evaluator<'_> {
             lat: st.last_fix.map(|l| l.lat),
             lon: st.last_fix.map(|l| l.lon),
             acc_m: st.last_fix.map(|l| l.acc),
-            observation: what.to_owned(),
+            observation: what.to_owned().into(),
             distance_m: None,
             detail: None,
         };
@@ -1036,7 +1060,7 @@ fn evidence_of(f: &Fix, conf: Confidence, d: f64) -> Evidence {
         lat: Some(f.lat),
         lon: Some(f.lon),
         acc_m: Some(f.acc_m),
-        observation: conf.as_str().to_owned(),
+        observation: conf.as_str().into(),
         distance_m: d.is_finite().then_some(d as f32),
         detail: None,
     }

@@ -170,20 +170,49 @@ impl Schedule {
     }
 
     /// Whether `t` falls in a window.
+    ///
+    /// Hot path (every fix, every scheduled rule): away from window edges
+    /// the wall-clock comparison gives the same answer as the exact one, so
+    /// the exact instants (two to four local→UTC resolutions) are computed
+    /// only within [`EDGE_MARGIN`] of an edge, where a DST change could
+    /// matter.
     pub fn is_active(&self, t: DateTime<Utc>, tz: Tz) -> bool {
-        self.occurrence_at(t, tz).is_some()
+        let local = t.with_timezone(&tz).naive_local();
+        let today = local.date();
+        let mut near_edge = false;
+        for day in [today.pred_opt(), Some(today)].into_iter().flatten() {
+            let bit = 1u8 << day.weekday().num_days_from_monday();
+            for w in self.windows.iter().filter(|w| w.days & bit != 0) {
+                let (start, end) = w.wall_clock(day);
+                if (local - start).abs() < EDGE_MARGIN || (local - end).abs() < EDGE_MARGIN {
+                    near_edge = true;
+                } else if start <= local && local < end {
+                    return true;
+                }
+            }
+        }
+        near_edge && self.occurrence_at(t, tz).is_some()
     }
 }
 
+/// Wider than any DST shift (at most 2 h, historically), so outside it a
+/// wall-clock comparison cannot be fooled by a gap or an overlap.
+const EDGE_MARGIN: chrono::TimeDelta = chrono::TimeDelta::hours(3);
+
 impl Window {
-    fn occurrence(&self, day: NaiveDate, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
-        let start = first_instant_at(day.and_time(self.start), tz);
+    /// The occurrence starting on `day` in wall-clock time.
+    fn wall_clock(&self, day: NaiveDate) -> (NaiveDateTime, NaiveDateTime) {
         let end = match self.end {
             Some(e) if e > self.start => day.and_time(e),
             Some(e) => next_day(day).and_time(e),
             None => next_day(day).and_time(NaiveTime::MIN),
         };
-        (start, first_instant_at(end, tz))
+        (day.and_time(self.start), end)
+    }
+
+    fn occurrence(&self, day: NaiveDate, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
+        let (start, end) = self.wall_clock(day);
+        (first_instant_at(start, tz), first_instant_at(end, tz))
     }
 }
 
@@ -296,7 +325,8 @@ mod tests {
     fn every_minute_of_a_dst_year_is_answered_without_panic() {
         let s = Schedule::from_json(&json!({"windows": [
             {"days": ["sun"], "start": "01:30", "end": "02:30"},
-            {"days": ["sat", "sun"], "start": "23:00", "end": "24:00"}]}))
+            {"days": ["sat", "sun"], "start": "23:00", "end": "24:00"},
+            {"days": ["mon", "wed", "fri"], "start": "21:00", "end": "07:00"}]}))
         .unwrap();
         for tz in [
             NY,

@@ -134,12 +134,7 @@ impl Rig {
 
     fn feed(&mut self, m: AcceptedMessage) -> Output {
         let mut out = Output::default();
-        Evaluator {
-            snap: &self.snap,
-            cfg: &self.cfg,
-            board: &self.board,
-        }
-        .message(&mut self.st, &m, &mut out);
+        Evaluator::new(&self.snap, &self.cfg, &self.board).message(&mut self.st, &m, &mut out);
         out
     }
 

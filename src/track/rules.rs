@@ -130,11 +130,7 @@ impl CommitHook for ShardRules {
     fn evaluate(&self, fresh: &[&AcceptedMessage]) -> AlertWrites {
         let started = std::time::Instant::now();
         let snap = self.rules.snapshot();
-        let ev = Evaluator {
-            snap: &snap,
-            cfg: &self.rules.cfg,
-            board: &self.rules.board,
-        };
+        let ev = Evaluator::new(&snap, &self.rules.cfg, &self.rules.board);
         let mut out = Output::default();
         let mut guard = self.lock();
         let s = &mut *guard;

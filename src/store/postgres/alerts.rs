@@ -314,7 +314,7 @@ async fn insert_evidence(
         lat.push(e.lat);
         lon.push(e.lon);
         acc.push(e.acc_m);
-        obs.push(e.observation.as_str());
+        obs.push(e.observation.as_ref());
         dist.push(e.distance_m);
         detail.push(e.detail.as_deref());
     }
@@ -611,7 +611,7 @@ pub(super) async fn list(pool: &PgPool, f: &AlertFilter) -> Result<Vec<AlertReco
                 lat: r.get("lat"),
                 lon: r.get("lon"),
                 acc_m: r.get("acc_m"),
-                observation: r.get("observation"),
+                observation: r.get::<String, _>("observation").into(),
                 distance_m: r.get("boundary_m"),
                 detail: r.get("detail"),
             });
