@@ -275,7 +275,7 @@ impl<'a> Evaluator<'a> {
         }
 
         // One fix and no events is the common message: no allocation.
-        let mut sorted: Vec<Item> = Vec::new();
+        let mut sorted: Vec<Item>;
         let single;
         let items: &[Item] = if t.events.is_empty() && t.fixes.len() == 1 {
             single = [Item::Fix(&t.fixes[0])];
