@@ -67,7 +67,7 @@ fn snapshot(n: usize) -> (Snapshot, f64) {
             name: format!("School {i}"),
             list_ref: Some("schools".into()),
             version: 1,
-            geojson: star(&mut rng, lat, lon),
+            geojson: Some(star(&mut rng, lat, lon)),
         });
     }
     let (s, w, e) = (LAT0 - 0.5, LON0 - 0.8, LON0 + 0.8);
@@ -76,7 +76,7 @@ fn snapshot(n: usize) -> (Snapshot, f64) {
         name: "County".into(),
         list_ref: None,
         version: 1,
-        geojson: json!({"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, LAT0 + 0.5], [w, LAT0 + 0.5], [w, s]]]}),
+        geojson: Some(json!({"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, LAT0 + 0.5], [w, LAT0 + 0.5], [w, s]]]})),
     });
     for (id, lat) in [(2, LAT0 + 0.01), (3, LAT0 - 0.01), (4, LAT0)] {
         zones.push(ZoneRow {
@@ -84,7 +84,7 @@ fn snapshot(n: usize) -> (Snapshot, f64) {
             name: format!("Zone {id}"),
             list_ref: None,
             version: 1,
-            geojson: circle(lat, LON0 + 0.01, 80.0),
+            geojson: Some(circle(lat, LON0 + 0.01, 80.0)),
         });
     }
     let rule = |id, role: &str, zone: Option<i64>, list: Option<&str>, schedule| RuleRow {
@@ -128,8 +128,27 @@ fn snapshot(n: usize) -> (Snapshot, f64) {
         ],
         ..Default::default()
     };
+    let data_again = data.clone();
+    let started = std::time::Instant::now();
     let snap = Snapshot::build(data);
+    eprintln!(
+        "snapshot with {n} shared zones built in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+    // What a configuration change costs a running server: the store sends no
+    // geometry for versions already held, nothing is re-prepared.
+    let mut unchanged = data_again;
+    for z in &mut unchanged.zones {
+        z.geojson = None;
+    }
+    let started = std::time::Instant::now();
+    let again = Snapshot::rebuild(unchanged, Some(&snap));
+    eprintln!(
+        "  reload with no zone changed: {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(again.problems.is_empty());
     (snap, half_m)
 }
 

@@ -71,8 +71,9 @@ impl Rules {
     /// bulk loads) runs on a blocking thread, beside ingest.
     pub async fn reload<S: Store>(&self, store: &S) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        let data = store.load_rules().await?;
-        let snap = tokio::task::spawn_blocking(move || Snapshot::build(data))
+        let prev = self.snapshot();
+        let data = store.load_rules(&prev.zone_versions()).await?;
+        let snap = tokio::task::spawn_blocking(move || Snapshot::rebuild(data, Some(&prev)))
             .await
             .map_err(|e| StoreError::Invalid(format!("snapshot build failed: {e}")))?;
         for p in &snap.problems {

@@ -33,8 +33,9 @@ pub struct ZoneRow {
     pub list_ref: Option<String>,
     /// Version in force.
     pub version: i32,
-    /// Geometry (GeoJSON Feature).
-    pub geojson: serde_json::Value,
+    /// Geometry (GeoJSON Feature); `None` when the previous snapshot already
+    /// holds this version (the store skips reading it again).
+    pub geojson: Option<serde_json::Value>,
 }
 
 /// A dated device assignment.
@@ -205,7 +206,10 @@ pub struct Snapshot {
     rules: HashMap<i64, Vec<Rule>>,
     exceptions: HashMap<i64, Vec<ExceptionRow>>,
     zones: HashMap<i64, Arc<ZoneInfo>>,
-    lists: HashMap<String, ZoneIndex<i64>>,
+    lists: HashMap<String, Arc<ZoneIndex<i64>>>,
+    /// Members (zone, version) of each list's index, to reuse it when
+    /// nothing in the list changed.
+    list_members: HashMap<String, Vec<(i64, i32)>>,
     victim_of: HashMap<i64, Vec<Pairing>>,
     pairings_of: HashMap<i64, Vec<Pairing>>,
     intervals: HashMap<i64, u32>,
@@ -217,6 +221,13 @@ impl Snapshot {
     /// Builds the snapshot. Bad rows are skipped and described in
     /// `problems`: a broken zone must not stop every other rule.
     pub fn build(data: RulesData) -> Self {
+        Self::rebuild(data, None)
+    }
+
+    /// Builds the snapshot reusing `prev`'s prepared zones (same id and
+    /// version) and list indexes (same members), so a change to one
+    /// exception or one zone does not re-prepare 100 000 school zones.
+    pub fn rebuild(data: RulesData, prev: Option<&Snapshot>) -> Self {
         let mut s = Snapshot::default();
         for r in data.supervisees {
             match parse_tz(&r.time_zone) {
@@ -232,34 +243,57 @@ impl Snapshot {
                 Err(e) => s.problems.push(format!("supervisee {}: {e}", r.case_ref)),
             }
         }
-        let mut list_members: HashMap<String, Vec<(i64, Arc<PreparedZone>)>> = HashMap::new();
+        let mut list_members: HashMap<String, Vec<(i64, Arc<PreparedZone>, i32)>> = HashMap::new();
         for z in data.zones {
-            match Shape::from_geojson(&z.geojson) {
-                Ok(shape) => {
-                    let geom = Arc::new(PreparedZone::new(&shape));
-                    if let Some(l) = &z.list_ref {
-                        list_members
-                            .entry(l.clone())
-                            .or_default()
-                            .push((z.id, geom.clone()));
+            let reused = prev
+                .and_then(|p| p.zones.get(&z.id))
+                .filter(|old| old.version == z.version)
+                .map(|old| old.geom.clone());
+            let geom = match (reused, &z.geojson) {
+                (Some(g), _) => g,
+                (None, Some(json)) => match Shape::from_geojson(json) {
+                    Ok(shape) => Arc::new(PreparedZone::new(&shape)),
+                    Err(e) => {
+                        s.problems.push(format!("zone {:?}: {e}", z.name));
+                        continue;
                     }
-                    s.zones.insert(
-                        z.id,
-                        Arc::new(ZoneInfo {
-                            id: z.id,
-                            name: z.name,
-                            version: z.version,
-                            geom,
-                        }),
-                    );
+                },
+                (None, None) => {
+                    s.problems
+                        .push(format!("zone {:?}: geometry not loaded", z.name));
+                    continue;
                 }
-                Err(e) => s.problems.push(format!("zone {:?}: {e}", z.name)),
+            };
+            if let Some(l) = &z.list_ref {
+                list_members
+                    .entry(l.clone())
+                    .or_default()
+                    .push((z.id, geom.clone(), z.version));
             }
+            s.zones.insert(
+                z.id,
+                Arc::new(ZoneInfo {
+                    id: z.id,
+                    name: z.name,
+                    version: z.version,
+                    geom,
+                }),
+            );
         }
-        s.lists = list_members
-            .into_iter()
-            .map(|(k, v)| (k, ZoneIndex::build(v)))
-            .collect();
+        for (list, mut members) in list_members {
+            members.sort_by_key(|m| m.0);
+            let sig: Vec<(i64, i32)> = members.iter().map(|m| (m.0, m.2)).collect();
+            let unchanged = prev
+                .filter(|p| p.list_members.get(&list) == Some(&sig))
+                .and_then(|p| p.lists.get(&list).cloned());
+            let index = unchanged.unwrap_or_else(|| {
+                Arc::new(ZoneIndex::build(
+                    members.into_iter().map(|(id, g, _)| (id, g)).collect(),
+                ))
+            });
+            s.lists.insert(list.clone(), index);
+            s.list_members.insert(list, sig);
+        }
         for a in data.assignments {
             s.assignments.entry(a.device_key).or_default().push(Span {
                 supervisee_id: a.supervisee_id,
@@ -348,7 +382,7 @@ impl Snapshot {
 
     /// A shared list's index.
     pub fn list(&self, list_ref: &str) -> Option<&ZoneIndex<i64>> {
-        self.lists.get(list_ref)
+        self.lists.get(list_ref).map(|v| &**v)
     }
 
     /// Pairings in which `device` is the victim's device.
@@ -366,6 +400,11 @@ impl Snapshot {
     /// The device's reporting interval.
     pub fn report_interval(&self, device_key: i64) -> TimeDelta {
         TimeDelta::seconds(i64::from(*self.intervals.get(&device_key).unwrap_or(&60)))
+    }
+
+    /// (zone, version) of every prepared zone: what a reload need not read.
+    pub fn zone_versions(&self) -> Vec<(i64, i32)> {
+        self.zones.values().map(|z| (z.id, z.version)).collect()
     }
 
     /// Number of zones and rules, for logs.

@@ -37,7 +37,7 @@ fn zone(id: i64, name: &str, geojson: serde_json::Value) -> ZoneRow {
         name: name.into(),
         list_ref: None,
         version: 3,
-        geojson,
+        geojson: Some(geojson),
     }
 }
 
@@ -629,4 +629,38 @@ fn device_state_stays_small_and_round_trips() {
     assert!(bytes <= 1024, "{bytes} bytes per tracked device");
     let idle = DeviceState::default();
     assert!(serde_json::to_string(&idle).unwrap().len() < 200);
+}
+
+#[test]
+fn a_reload_reuses_prepared_zones_and_unchanged_list_indexes() {
+    let mut data = base();
+    for i in 0..20 {
+        let mut z = zone(1000 + i, "School", circle(LAT + i as f64 * 0.01, LON, 80.0));
+        z.list_ref = Some("schools".into());
+        data.zones.push(z);
+    }
+    let first = Snapshot::build(data.clone());
+    let list_ptr = |s: &Snapshot| s.list("schools").unwrap() as *const _;
+    // The store sends no geometry for versions the snapshot already holds.
+    let mut again = data.clone();
+    for z in &mut again.zones {
+        z.geojson = None;
+    }
+    let second = Snapshot::rebuild(again.clone(), Some(&first));
+    assert!(second.problems.is_empty(), "{:?}", second.problems);
+    assert_eq!(second.counts(), first.counts());
+    assert_eq!(list_ptr(&second), list_ptr(&first), "list index reused");
+    // One school edited: new version, geometry sent, the list is rebuilt.
+    let mut edited = again.clone();
+    let school = edited.zones.iter_mut().find(|z| z.id == 1005).unwrap();
+    school.version += 1;
+    school.geojson = Some(circle(LAT, LON + 0.5, 80.0));
+    let third = Snapshot::rebuild(edited, Some(&second));
+    assert!(third.problems.is_empty());
+    assert_ne!(list_ptr(&third), list_ptr(&second));
+    assert_eq!(third.zone(1005).unwrap().version, 4);
+    // Without a previous snapshot, missing geometry is a problem, not a panic.
+    let orphan = Snapshot::rebuild(again, None);
+    // 21 zones without geometry, and the rule that needed one of them.
+    assert_eq!(orphan.problems.len(), 22);
 }

@@ -333,8 +333,13 @@ pub trait Store: Clone + Send + Sync + 'static {
         kind: AlertKind,
     ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
 
-    /// Everything the rules snapshot is built from.
-    fn load_rules(&self) -> impl Future<Output = Result<RulesData, StoreError>> + Send;
+    /// Everything the rules snapshot is built from. Zone geometry is read
+    /// only for zones not in `known` (zone, version): the caller already
+    /// holds those prepared.
+    fn load_rules(
+        &self,
+        known: &[(i64, i32)],
+    ) -> impl Future<Output = Result<RulesData, StoreError>> + Send;
 
     /// Sends `()` whenever rules configuration may have changed (and after
     /// every reconnect), until cancelled.

@@ -240,8 +240,10 @@ mod tests {
                 name: "Z".into(),
                 list_ref: None,
                 version: 1,
-                geojson: serde_json::json!({"type": "Feature", "properties": {"radius_m": 100},
+                geojson: Some(
+                    serde_json::json!({"type": "Feature", "properties": {"radius_m": 100},
                     "geometry": {"type": "Point", "coordinates": [-0.12, 51.5]}}),
+                ),
             }],
             assignments: vec![AssignmentRow {
                 device_key: 1,

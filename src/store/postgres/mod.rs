@@ -487,8 +487,8 @@ impl Store for PgStore {
         .map_err(classify)
     }
 
-    async fn load_rules(&self) -> Result<RulesData, StoreError> {
-        rules::load(&self.pool).await
+    async fn load_rules(&self, known: &[(i64, i32)]) -> Result<RulesData, StoreError> {
+        rules::load(&self.pool, known).await
     }
 
     async fn watch_rules(&self, tx: mpsc::Sender<()>, cancel: CancellationToken) {

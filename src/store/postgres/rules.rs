@@ -14,7 +14,7 @@ use crate::store::StoreError;
 /// NOTIFY channel of the configuration triggers (see the migration).
 pub(super) const CHANNEL: &str = "waypoint_rules";
 
-pub(super) async fn load(pool: &PgPool) -> Result<RulesData, StoreError> {
+pub(super) async fn load(pool: &PgPool, known: &[(i64, i32)]) -> Result<RulesData, StoreError> {
     // One snapshot-consistent read of every table.
     let mut tx = pool.begin().await.map_err(classify)?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -33,11 +33,20 @@ pub(super) async fn load(pool: &PgPool) -> Result<RulesData, StoreError> {
             time_zone: r.get(2),
         })
         .collect();
+    // Geometry is the bulk of the configuration (100k school zones are
+    // hundreds of MB of GeoJSON): read it only for versions not yet held.
+    let (known_ids, known_versions): (Vec<i64>, Vec<i32>) = known.iter().copied().unzip();
     let zones = sqlx::query(
-        "SELECT z.zone_id, z.name, z.list_ref, z.current_version, v.geojson FROM zones z \
+        "SELECT z.zone_id, z.name, z.list_ref, z.current_version, \
+           CASE WHEN k.zone_id IS NULL THEN v.geojson END \
+         FROM zones z \
          JOIN zone_versions v ON v.zone_id = z.zone_id AND v.version = z.current_version \
+         LEFT JOIN UNNEST($1::int8[], $2::int4[]) AS k(zone_id, version) \
+           ON k.zone_id = z.zone_id AND k.version = z.current_version \
          WHERE z.retired_at IS NULL",
     )
+    .bind(&known_ids)
+    .bind(&known_versions)
     .fetch_all(&mut *c)
     .await
     .map_err(classify)?
