@@ -336,8 +336,9 @@ async fn run_commit_only(store: &PgStore, input: &[(String, Bytes)], conns: usiz
 
 /// Every bench device worn by its own supervisee with the realistic rule
 /// set: a shared county inclusion zone, a home curfew, two personal
-/// exclusion circles (one in ten placed on the device's path, so alerts are
-/// raised and kept updated), and a shared list of `SCHOOLS` exclusion zones.
+/// exclusion circles (for one device in `alert_every()` placed on its path,
+/// so alerts are raised and kept updated), and a shared list of `SCHOOLS`
+/// exclusion zones.
 const SCHOOLS: usize = 10_000;
 
 fn rules_scenario() -> Scenario {
@@ -361,7 +362,12 @@ fn rules_scenario() -> Scenario {
         (rng >> 11) as f64 / (1u64 << 53) as f64
     };
     for i in 0..SCHOOLS {
-        let (lat, lon) = (51.3 + next() * 0.4, -0.5 + next() * 0.8);
+        let (lat, mut lon) = (51.3 + next() * 0.4, -0.5 + next() * 0.8);
+        // Keep schools off the devices' path (lon ≈ -0.12): the list is
+        // searched for every fix, but only the chosen devices violate.
+        if (lon + 0.12).abs() < 0.01 {
+            lon += 0.03;
+        }
         s.zones.push(ZoneSpec {
             zone_ref: format!("school-{i}"),
             name: format!("School {i}"),
@@ -378,7 +384,7 @@ fn rules_scenario() -> Scenario {
             officer: None,
         });
         let path_lat = 51.5 + (d % 997) as f64 * 1e-4;
-        let on_path = d % 10 == 0;
+        let on_path = d % alert_every() == 0;
         for (j, (lat, lon)) in [
             (if on_path { path_lat } else { 51.25 }, -0.1199),
             (51.75, 0.3),
@@ -425,6 +431,16 @@ fn rules_scenario() -> Scenario {
         });
     }
     s
+}
+
+/// One device in this many sits in a personal exclusion zone throughout
+/// (an alert raised and kept updated): 2 % by default, a heavy caseload;
+/// `WAYPOINT_BENCH_ALERT_EVERY` overrides.
+fn alert_every() -> usize {
+    std::env::var("WAYPOINT_BENCH_ALERT_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
 }
 
 fn rule(case: &str, role: &str, zone: Option<String>, list: Option<String>) -> RuleSpec {
@@ -478,9 +494,10 @@ async fn main() {
          circles and a shared list of {SCHOOLS} school zones\n"
     );
     println!(
-        "{:<22} {:>5} {:>11} {:>11} {:>11} {:>11} {:>9} {:>8} {:>8} {:>8}",
+        "{:<22} {:>5} {:>7} {:>11} {:>11} {:>11} {:>11} {:>9} {:>8} {:>8} {:>8}",
         "workload",
         "round",
+        "alerts",
         "pipeline/s",
         "no-rules/s",
         "fixes-raw/s",
@@ -520,7 +537,10 @@ async fn main() {
                 .fetch_one(&pool)
                 .await
                 .unwrap();
-            assert!(raised > 0, "the rules workload raises alerts");
+            assert!(
+                raised > 0 || alert_every() > DEVICES,
+                "the rules workload raises alerts"
+            );
             reset(&pool).await;
             let nr = run_pipeline(&store, &input, &no_rules).await;
             assert_eq!(nr.fixes as usize, TOTAL_FIXES);
@@ -531,9 +551,10 @@ async fn main() {
             let bf = bf_rows as f64 / bf_secs;
             let bc = bc_rows as f64 / bc_secs;
             println!(
-                "{:<22} {:>5} {:>11.0} {:>11.0} {:>11.0} {:>11.0} {:>9.2} {:>8.2} {:>8.2} {:>8.2}",
+                "{:<22} {:>5} {:>7} {:>11.0} {:>11.0} {:>11.0} {:>11.0} {:>9.2} {:>8.2} {:>8.2} {:>8.2}",
                 w.label,
                 round,
+                raised,
                 pr,
                 nr.fixes as f64 / nr.secs,
                 bf,
