@@ -136,6 +136,8 @@ fn person(rng: &mut Rng) -> Person {
 }
 
 struct Shared {
+    /// Half the side of the square the zones and uniform fixes cover, m.
+    half_m: f64,
     centers: Vec<(f64, f64, f64)>,
     index: ZoneIndex<u32>,
     geo: Vec<geo::Polygon<f64>>,
@@ -145,7 +147,7 @@ struct Shared {
     vertices: usize,
 }
 
-fn shared(n: usize, seed: u64) -> Shared {
+fn shared(n: usize, seed: u64, half_m: f64) -> Shared {
     let mut rng = Rng(seed);
     let mut centers = Vec::with_capacity(n);
     let mut zones = Vec::with_capacity(n);
@@ -156,8 +158,8 @@ fn shared(n: usize, seed: u64) -> Shared {
         let (lat, lon) = offset(
             CLAT,
             CLON,
-            rng.range(-HALF_M, HALF_M),
-            rng.range(-HALF_M, HALF_M),
+            rng.range(-half_m, half_m),
+            rng.range(-half_m, half_m),
         );
         let r = rng.range(50.0, 400.0);
         let nv = rng.usize(16, 257);
@@ -187,6 +189,7 @@ fn shared(n: usize, seed: u64) -> Shared {
             .collect(),
     );
     Shared {
+        half_m,
         centers,
         index: ZoneIndex::build(zones),
         geo,
@@ -205,8 +208,8 @@ fn fixes(rng: &mut Rng, sh: &Shared, p: &Person) -> Vec<Fix> {
                 0..=14 => offset(
                     CLAT,
                     CLON,
-                    rng.range(-HALF_M, HALF_M),
-                    rng.range(-HALF_M, HALF_M),
+                    rng.range(-sh.half_m, sh.half_m),
+                    rng.range(-sh.half_m, sh.half_m),
                 ),
                 15..=18 => {
                     let (la, lo, r) = sh.centers[rng.usize(0, sh.centers.len())];
@@ -377,87 +380,111 @@ fn summary(
     (median(&mut batch), median(&mut each).max(0.0))
 }
 
+/// Half side of the realistic-density square: one zone per km².
+fn spread_half_m(n: usize) -> f64 {
+    (n as f64).sqrt() * 500.0
+}
+
+/// The two scenes: `metro` (the dense 100 × 100 km setting) and
+/// `spread` (one zone per km², the square growing with N).
+/// A scene: name and half side of the square (m) for N zones.
+type Config = (&'static str, fn(usize) -> f64);
+const CONFIGS: [Config; 2] = [("metro", |_| HALF_M), ("spread", spread_half_m)];
+
 fn bench(c: &mut Criterion) {
     let mut rng = Rng(0x5EED);
     let p = person(&mut rng);
-    let mut table = Vec::new();
-    for (n, seed) in [(1_000usize, 1u64), (10_000, 2), (100_000, 3)] {
-        let t = Instant::now();
-        let sh = shared(n, seed);
-        let build = t.elapsed();
-        let fx = fixes(&mut rng, &sh, &p);
-        let mut hits = 0usize;
-        for f in &fx {
-            sh.index.near(f.lat, f.lon, f.acc, |_, _| hits += 1);
+    let mut tables = Vec::new();
+    for (config, half) in CONFIGS {
+        let mut table = Vec::new();
+        for (n, seed) in [(1_000usize, 1u64), (10_000, 2), (100_000, 3)] {
+            let t = Instant::now();
+            let sh = shared(n, seed, half(n));
+            let build = t.elapsed();
+            let fx = fixes(&mut rng, &sh, &p);
+            let mut hits = 0usize;
+            for f in &fx {
+                sh.index.near(f.lat, f.lon, f.acc, |_, _| hits += 1);
+            }
+            eprintln!(
+                "{config} N={n}: {:.0} km square, built in {:.1} s, {} vertices, ~{} B per prepared zone + {} B per zone in the index, {:.2} shared-zone relations per fix",
+                half(n) / 500.0,
+                build.as_secs_f64(),
+                sh.vertices,
+                sh.bytes / n,
+                sh.index.memory_bytes() / n,
+                hits as f64 / fx.len() as f64
+            );
+            let mut g = c.benchmark_group(format!("geofence_{config}_n{n}"));
+            g.sample_size(10)
+                .warm_up_time(Duration::from_millis(300))
+                .measurement_time(Duration::from_millis(1200));
+            for (name, run) in VARIANTS {
+                let len = batch_len(name, n);
+                g.throughput(Throughput::Elements(len as u64));
+                g.bench_function(name, |b| {
+                    b.iter(|| {
+                        let mut s = 0.0;
+                        for f in &fx[..len] {
+                            s += run(&p, &sh, f);
+                        }
+                        s
+                    })
+                });
+            }
+            g.finish();
+            let row: Vec<(f64, f64)> = VARIANTS
+                .iter()
+                .map(|(name, run)| summary(&p, &sh, &fx, *run, batch_len(name, n)))
+                .collect();
+            table.push((n, row));
         }
-        eprintln!(
-            "N={n}: built in {:.1} s, {} vertices, ~{} B per zone (prepared, + {} B header copy in the index leaf), {:.2} shared-zone relations per fix",
-            build.as_secs_f64(),
-            sh.vertices,
-            sh.bytes / n,
-            std::mem::size_of::<PreparedZone>(),
-            hits as f64 / fx.len() as f64
+        tables.push((config, table));
+    }
+    for (config, table) in tables {
+        println!(
+            "\nSummary, {config}, ns per fix: mean (median of 15 batches) / median (fixes timed one by one)"
         );
-        let mut g = c.benchmark_group(format!("geofence_n{n}"));
-        g.sample_size(10)
-            .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2));
-        for (name, run) in VARIANTS {
-            let len = batch_len(name, n);
-            g.throughput(Throughput::Elements(len as u64));
-            g.bench_function(name, |b| {
-                b.iter(|| {
-                    let mut s = 0.0;
-                    for f in &fx[..len] {
-                        s += run(&p, &sh, f);
-                    }
-                    s
-                })
-            });
+        print!("| N |");
+        for (name, _) in VARIANTS {
+            print!(" {name} |");
         }
-        g.finish();
-        let row: Vec<(f64, f64)> = VARIANTS
-            .iter()
-            .map(|(name, run)| summary(&p, &sh, &fx, *run, batch_len(name, n)))
-            .collect();
-        table.push((n, row));
-    }
-    println!(
-        "\nSummary, ns per fix: mean (median of 15 batches) / median (fixes timed one by one)"
-    );
-    print!("| N |");
-    for (name, _) in VARIANTS {
-        print!(" {name} |");
-    }
-    println!(" full ÷ rstar_full | full_capped ÷ rstar_full | shared ÷ rstar_shared | shared_capped ÷ rstar_shared | shared ÷ linear_shared |");
-    print!("|---|");
-    for _ in 0..VARIANTS.len() + RATIOS.len() {
-        print!("---|");
-    }
-    println!();
-    for (n, row) in &table {
-        print!("| {n} |");
-        for (mean, med) in row {
-            print!(" {mean:.0} / {med:.0} |");
-        }
-        let ratio = |a: usize, b: usize| (row[a].0 / row[b].0, row[a].1 / row[b].1);
-        for (a, b) in RATIOS {
-            let (m, d) = ratio(a, b);
-            print!(" {m:.2} / {d:.2} |");
+        println!(" full ÷ rstar_full | full_capped ÷ rstar_full | shared ÷ rstar_shared | shared_capped ÷ rstar_shared | shared ÷ linear_shared |");
+        print!("|---|");
+        for _ in 0..VARIANTS.len() + RATIOS.len() {
+            print!("---|");
         }
         println!();
+        for (n, row) in &table {
+            print!("| {n} |");
+            for (mean, med) in row {
+                print!(" {mean:.0} / {med:.0} |");
+            }
+            let ratio = |a: usize, b: usize| (row[a].0 / row[b].0, row[a].1 / row[b].1);
+            for (a, b) in RATIOS {
+                let (m, d) = ratio(a, b);
+                print!(" {m:.2} / {d:.2} |");
+            }
+            println!();
+        }
     }
 }
 
 criterion_group!(benches, bench);
 
-/// `GEOFENCE_PROFILE=variant:N` loops one variant for ~5 s (for `perf`).
+/// `GEOFENCE_PROFILE=variant[,variant...]:N` loops the variants in turn
+/// (for `perf` and quick comparisons).
 fn profile(spec: &str) {
     let (name, n) = spec.split_once(':').unwrap_or((spec, "100000"));
     let n: usize = n.parse().unwrap_or(100_000);
     let mut rng = Rng(0x5EED);
     let p = person(&mut rng);
-    let sh = shared(n, 3);
+    let half_m = if std::env::var("GEOFENCE_SPREAD").is_ok() {
+        spread_half_m(n)
+    } else {
+        HALF_M
+    };
+    let sh = shared(n, 3, half_m);
     let fx = fixes(&mut rng, &sh, &p);
     fn tree_only(_: &Person, sh: &Shared, f: &Fix) -> f64 {
         sh.tree
@@ -475,21 +502,49 @@ fn profile(spec: &str) {
         );
         n
     }
-    let extra: [Variant; 2] = [("tree_only", tree_only), ("tree_int", tree_int)];
-    let Some((_, run)) = VARIANTS.iter().chain(extra.iter()).find(|v| v.0 == name) else {
-        eprintln!("unknown variant {name}");
-        return;
-    };
-    let t = Instant::now();
-    let mut rounds = 0;
-    while t.elapsed() < Duration::from_secs(5) {
-        for f in &fx {
-            black_box(run(&p, &sh, f));
+    fn person_capped(p: &Person, _: &Shared, f: &Fix) -> f64 {
+        let probe = Probe::new(f.lat, f.lon);
+        let mut s = 0.0;
+        for z in &p.zones {
+            if let Some(rel) = z.relate_capped_probe(&probe, f.acc) {
+                s += rel.boundary_m.min(1e9) + f64::from(u8::from(rel.inside));
+            }
         }
-        rounds += 1;
+        s
     }
-    let per = t.elapsed().as_nanos() as f64 / (rounds * fx.len()) as f64;
-    eprintln!("{name} N={n}: {per:.0} ns/fix");
+    let extra: [Variant; 3] = [
+        ("tree_only", tree_only),
+        ("tree_int", tree_int),
+        ("person_capped", person_capped),
+    ];
+    let mut runs = Vec::new();
+    for name in name.split(',') {
+        let Some(v) = VARIANTS.iter().chain(extra.iter()).find(|v| v.0 == name) else {
+            eprintln!("unknown variant {name}");
+            return;
+        };
+        runs.push(*v);
+    }
+    // Variants alternate batch by batch so load changes on the shared
+    // machine hit them alike; the fastest and the median batch are shown.
+    let mut times = vec![Vec::new(); runs.len()];
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(6 * runs.len() as u64) {
+        for ((_, run), times) in runs.iter().zip(&mut times) {
+            let t = Instant::now();
+            for f in &fx {
+                black_box(run(&p, &sh, f));
+            }
+            times.push(t.elapsed().as_nanos() as f64 / fx.len() as f64);
+        }
+    }
+    for ((name, _), times) in runs.iter().zip(&mut times) {
+        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+        eprintln!(
+            "{name} N={n}: min {min:.0} / median {:.0} ns/fix",
+            median(times)
+        );
+    }
 }
 
 fn main() {

@@ -217,48 +217,25 @@ impl EdgeSet {
             return false;
         }
         if level == 0 {
-            let (qx, qy) = (p.lon, p.lat);
-            for i in n.start..n.end {
-                let a = self.vert(i);
-                let b = self.vert(i + 1);
-                let (minx, maxx) = minmax(a[0], b[0]);
-                if qx > maxx {
-                    continue;
-                }
-                let a_up = a[1] > qy;
-                let b_up = b[1] > qy;
-                if a_up != b_up {
-                    if qx < minx {
-                        *odd = !*odd;
-                        continue;
-                    }
-                    match orient(a, b, qx, qy) {
-                        Orientation::Collinear => return true,
-                        Orientation::CounterClockwise => {
-                            if b_up {
-                                *odd = !*odd;
-                            }
-                        }
-                        Orientation::Clockwise => {
-                            if a_up {
-                                *odd = !*odd;
-                            }
-                        }
-                    }
-                } else {
-                    let (miny, maxy) = minmax(a[1], b[1]);
-                    if qx >= minx
-                        && qy >= miny
-                        && qy <= maxy
-                        && orient(a, b, qx, qy) == Orientation::Collinear
-                    {
-                        return true;
-                    }
-                }
-            }
-            false
+            (n.start..n.end).any(|i| cross_edge(self.vert(i), self.vert(i + 1), p, odd))
         } else {
             (n.start..n.end).any(|c| self.cross_node(level - 1, &self.node(c), p, odd))
+        }
+    }
+
+    /// The vertices, `[lon, lat]` (edge `i` joins vertices `i` and `i + 1`).
+    pub(crate) fn vertices(&self) -> &[[f64; 2]] {
+        &self.data[self.vbase as usize..]
+    }
+
+    /// Calls `f` with the index and endpoints of every edge (edge `i`
+    /// joins vertices `i` and `i + 1`).
+    pub(crate) fn for_each_edge_index(&self, mut f: impl FnMut(u32, [f64; 2], [f64; 2])) {
+        for leaf in self.leaf_start..self.vbase / 3 {
+            let n = self.node(leaf);
+            for i in n.start..n.end {
+                f(i, self.vert(i), self.vert(i + 1));
+            }
         }
     }
 
@@ -315,17 +292,7 @@ impl EdgeSet {
             let b = self.vert(i);
             let bx = (b[0] - p.lon) * kx;
             let by = (b[1] - p.lat) * ky;
-            let dx = bx - ax;
-            let dy = by - ay;
-            let len2 = dx * dx + dy * dy;
-            let t = if len2 > 0.0 {
-                (-(ax * dx + ay * dy) / len2).clamp(0.0, 1.0)
-            } else {
-                0.0
-            };
-            let px = ax + t * dx;
-            let py = ay + t * dy;
-            let d2 = px * px + py * py;
+            let (d2, py) = seg_d2_py(ax, ay, bx, by);
             if d2 < best.d2 || (!best.found && d2 <= best.d2) {
                 best.d2 = d2;
                 best.foot_lat = p.lat + py / ky;
@@ -334,6 +301,163 @@ impl EdgeSet {
             ax = bx;
             ay = by;
         }
+    }
+}
+
+/// Random access to a list of `u16` (edge buckets), stored plainly or
+/// packed four to a `u64`.
+pub(crate) trait U16s {
+    fn at(&self, k: usize) -> u16;
+}
+
+impl U16s for [u16] {
+    #[inline(always)]
+    fn at(&self, k: usize) -> u16 {
+        self[k]
+    }
+}
+
+/// `u16`s packed four to a word, little end first.
+pub(crate) struct PackedU16s<'a>(pub &'a [u64]);
+
+impl U16s for PackedU16s<'_> {
+    #[inline(always)]
+    fn at(&self, k: usize) -> u16 {
+        (self.0[k / 4] >> (16 * (k % 4))) as u16
+    }
+}
+
+/// Random access to vertices `[lon, lat]`.
+pub(crate) trait Verts {
+    fn vert(&self, i: usize) -> [f64; 2];
+}
+
+impl Verts for [[f64; 2]] {
+    #[inline(always)]
+    fn vert(&self, i: usize) -> [f64; 2] {
+        self[i]
+    }
+}
+
+/// Vertices stored as the bits of two `u64` words each.
+pub(crate) struct PackedVerts<'a>(pub &'a [u64]);
+
+impl Verts for PackedVerts<'_> {
+    #[inline(always)]
+    fn vert(&self, i: usize) -> [f64; 2] {
+        [
+            f64::from_bits(self.0[2 * i]),
+            f64::from_bits(self.0[2 * i + 1]),
+        ]
+    }
+}
+
+/// [`EdgeSet::crossing`] over the edges listed at `list[range]`, which must
+/// include every edge whose latitude range contains the point's; the result
+/// is then the same.
+pub(crate) fn crossing_listed<V: Verts + ?Sized, L: U16s + ?Sized>(
+    v: &V,
+    list: &L,
+    range: std::ops::Range<usize>,
+    p: &Probe,
+) -> Crossing {
+    let mut odd = false;
+    for k in range {
+        let i = usize::from(list.at(k));
+        if cross_edge(v.vert(i), v.vert(i + 1), p, &mut odd) {
+            return Crossing::Boundary;
+        }
+    }
+    if odd {
+        Crossing::Inside
+    } else {
+        Crossing::Outside
+    }
+}
+
+/// [`EdgeSet::nearest`] over the edges listed at `list[range]` (repeats
+/// allowed): the same squared distance whenever they include every edge
+/// within the bound. `foot_lat` is not set.
+pub(crate) fn nearest_listed<V: Verts + ?Sized, L: U16s + ?Sized>(
+    v: &V,
+    list: &L,
+    range: std::ops::Range<usize>,
+    p: &Probe,
+    kx: f64,
+    best: &mut Nearest,
+) {
+    let ky = M_PER_DEG;
+    for k in range {
+        let i = usize::from(list.at(k));
+        let (a, b) = (v.vert(i), v.vert(i + 1));
+        let ax = (a[0] - p.lon) * kx;
+        let ay = (a[1] - p.lat) * ky;
+        let bx = (b[0] - p.lon) * kx;
+        let by = (b[1] - p.lat) * ky;
+        let d2 = seg_d2(ax, ay, bx, by);
+        if d2 <= best.d2 {
+            best.d2 = d2;
+            best.found = true;
+        }
+    }
+}
+
+/// Squared distance from the origin to the segment `a`–`b`, and the foot
+/// point's `y`.
+#[inline(always)]
+fn seg_d2_py(ax: f64, ay: f64, bx: f64, by: f64) -> (f64, f64) {
+    let dx = bx - ax;
+    let dy = by - ay;
+    let len2 = dx * dx + dy * dy;
+    let t = if len2 > 0.0 {
+        (-(ax * dx + ay * dy) / len2).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let px = ax + t * dx;
+    let py = ay + t * dy;
+    (px * px + py * py, py)
+}
+
+#[inline(always)]
+fn seg_d2(ax: f64, ay: f64, bx: f64, by: f64) -> f64 {
+    seg_d2_py(ax, ay, bx, by).0
+}
+
+/// One edge's part of the even-odd test: flips `odd` when the ray towards
+/// +lon crosses it; true when the point is on it. Edges whose latitude
+/// range excludes the point's never do either.
+#[inline]
+fn cross_edge(a: [f64; 2], b: [f64; 2], p: &Probe, odd: &mut bool) -> bool {
+    let (qx, qy) = (p.lon, p.lat);
+    let (minx, maxx) = minmax(a[0], b[0]);
+    if qx > maxx {
+        return false;
+    }
+    let a_up = a[1] > qy;
+    let b_up = b[1] > qy;
+    if a_up != b_up {
+        if qx < minx {
+            *odd = !*odd;
+            return false;
+        }
+        match orient(a, b, qx, qy) {
+            Orientation::Collinear => return true,
+            Orientation::CounterClockwise => {
+                if b_up {
+                    *odd = !*odd;
+                }
+            }
+            Orientation::Clockwise => {
+                if a_up {
+                    *odd = !*odd;
+                }
+            }
+        }
+        false
+    } else {
+        let (miny, maxy) = minmax(a[1], b[1]);
+        qx >= minx && qy >= miny && qy <= maxy && orient(a, b, qx, qy) == Orientation::Collinear
     }
 }
 
