@@ -132,8 +132,11 @@ pub struct DeviceState {
 /// How stale the stored copy of a device's position bookkeeping may get.
 /// Conditions (membership, debounce counters) are written whenever they
 /// change; only `newest_fix`/`last_fix`/`last_seen` are checkpointed at
-/// most this often, which halves commit work for frequent reporters.
-pub const CHECKPOINT_EVERY: TimeDelta = TimeDelta::seconds(60);
+/// most this often (in fix time). Staleness is harmless after a restart:
+/// redelivered messages are de-duplicated before evaluation, and no_signal
+/// counts silence from the new subscription anyway; a genuinely late fix
+/// arriving right after a restart may be judged as current.
+pub const CHECKPOINT_EVERY: TimeDelta = TimeDelta::minutes(5);
 
 impl DeviceState {
     /// Whether this state must be written, compared with `before`.
