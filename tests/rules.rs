@@ -739,3 +739,32 @@ async fn no_signal_is_not_blamed_on_devices_while_the_server_could_not_hear() {
     .await;
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assigned_device_that_never_reports_raises_no_signal() {
+    let db = TestDb::new().await;
+    db.store()
+        .apply_scenario(&scenario("tag-9"), "test")
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let mut opts = ServerOpts::new(&db);
+    opts.clock = clock.clone();
+    let srv = start_server(&opts).await;
+    // Silence counts from the subscription (server clock at SUBACK).
+    clock.advance(TimeDelta::seconds(25));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(alerts(&db).await.is_empty());
+    clock.advance(TimeDelta::seconds(10));
+    wait_for("no_signal for a silent tag", WAIT, || async {
+        alerts(&db).await.iter().any(|a| a.kind == "no_signal")
+    })
+    .await;
+    let a = alerts(&db).await;
+    assert!(
+        a[0].explanation.starts_with("No message ever received"),
+        "{}",
+        a[0].explanation
+    );
+    srv.stop().await;
+}

@@ -342,6 +342,19 @@ impl Snapshot {
             .map(|a| a.supervisee_id)
     }
 
+    /// Devices worn by someone at `t`: (device, supervisee, assigned since).
+    pub fn worn_at(
+        &self,
+        t: DateTime<Utc>,
+    ) -> impl Iterator<Item = (i64, i64, DateTime<Utc>)> + '_ {
+        self.assignments.iter().filter_map(move |(d, spans)| {
+            spans
+                .iter()
+                .find(|a| a.from <= t && a.to.is_none_or(|to| t < to))
+                .map(|a| (*d, a.supervisee_id, a.from))
+        })
+    }
+
     /// Whether `device` has any assignment (past, present or future).
     pub fn is_supervised_device(&self, device_key: i64) -> bool {
         self.assignments.contains_key(&device_key)

@@ -120,7 +120,17 @@ pub async fn run<S: Store>(
         let mut ops = Vec::new();
         let mut raised = Vec::new();
         let mut ended = Vec::new();
-        for (dev, seen) in liveness.snapshot() {
+        // Devices heard at least once, and devices worn now that were never
+        // heard: an assigned tag that never reports is a monitoring gap too.
+        let heard: HashMap<i64, DateTime<Utc>> = liveness.snapshot().into_iter().collect();
+        let mut watch: Vec<(i64, Option<DateTime<Utc>>)> =
+            heard.iter().map(|(d, t)| (*d, Some(*t))).collect();
+        watch.extend(
+            snap.worn_at(now)
+                .filter(|(d, _, _)| !heard.contains_key(d) && snap.victim_pairings(*d).is_empty())
+                .map(|(d, _, _)| (d, None)),
+        );
+        for (dev, seen) in watch {
             let key = AlertKey {
                 device_key: dev,
                 kind: AlertKind::NoSignal,
@@ -128,7 +138,7 @@ pub async fn run<S: Store>(
                 pairing_id: None,
             };
             if let Some(at_raise) = active.get(&dev) {
-                if seen > *at_raise {
+                if let Some(seen) = seen.filter(|s| s > at_raise) {
                     ops.push(AlertOp::End {
                         key,
                         at: seen,
@@ -143,12 +153,31 @@ pub async fn run<S: Store>(
             };
             let interval = snap.report_interval(dev);
             let threshold = interval * rules.cfg.no_signal_intervals as i32;
-            let silent_from = seen.max(since);
+            let assigned = snap
+                .worn_at(now)
+                .find(|(d, _, _)| *d == dev)
+                .map_or(since, |(_, _, from)| from);
+            // Never heard: silent since it was assigned (or since we could hear).
+            let silent_from = seen.unwrap_or(assigned).max(since);
             if now - silent_from < threshold {
                 continue;
             }
             let tz = snap.supervisee(sup).map_or(chrono_tz::UTC, |s| s.tz);
-            let last = seen.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z");
+            let local = |t: DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z");
+            let explanation = match seen {
+                Some(seen) => format!(
+                    "No message since {} ({} min; expected every {} s).",
+                    local(seen),
+                    (now - seen).num_minutes(),
+                    interval.num_seconds()
+                ),
+                None => format!(
+                    "No message ever received from this device since it was assigned on {} \
+                     (expected every {} s).",
+                    local(assigned),
+                    interval.num_seconds()
+                ),
+            };
             ops.push(AlertOp::Raise(Box::new(NewAlert {
                 key,
                 supervisee_id: Some(sup),
@@ -157,14 +186,10 @@ pub async fn run<S: Store>(
                 rule_id: None,
                 confidence: Confidence::Confirmed,
                 late: false,
-                started_at: seen,
+                started_at: silent_from,
                 last_evidence_at: now,
                 ended_at: None,
-                explanation: format!(
-                    "No message since {last} ({} min; expected every {} s).",
-                    (now - seen).num_minutes(),
-                    interval.num_seconds()
-                ),
+                explanation,
                 details: serde_json::json!({
                     "last_seen": seen,
                     "report_interval_s": interval.num_seconds(),
@@ -172,7 +197,7 @@ pub async fn run<S: Store>(
                 }),
                 evidence: Vec::new(),
             })));
-            raised.push((dev, seen));
+            raised.push((dev, seen.unwrap_or(DateTime::<Utc>::MIN_UTC)));
         }
         if ops.is_empty() {
             continue;
