@@ -301,6 +301,15 @@ async fn configuration_changes_reach_a_running_server_without_restart() {
     let again = db.store().apply_scenario(&edited, "test").await.unwrap();
     assert_eq!(again.zone_versions_added, 0, "loading is idempotent");
     assert_eq!(again.supervisees_created + again.zones_created, 0);
+    // Handing the device back: the same assignment gets its end, in place.
+    edited.assignments[0].to = Some(Utc::now() + TimeDelta::days(1));
+    db.store().apply_scenario(&edited, "test").await.unwrap();
+    assert_eq!(
+        db.count("SELECT count(*) FROM device_assignments WHERE valid_to IS NOT NULL")
+            .await,
+        1
+    );
+    assert_eq!(db.count("SELECT count(*) FROM device_assignments").await, 1);
     wait_for(
         "zone version 2 in force",
         Duration::from_secs(5),

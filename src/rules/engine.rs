@@ -117,8 +117,14 @@ pub struct DeviceState {
     pub last_fix: Option<LastFix>,
     /// Server time of the newest message.
     pub last_seen: Option<DateTime<Utc>>,
-    /// Server time of the newest usable fix (or of the first message).
-    pub last_usable_rx: Option<DateTime<Utc>>,
+    /// Event time of the first message without a usable fix after the
+    /// last one with (gps_loss counts from here; silence does not count).
+    #[serde(default)]
+    pub unusable_since: Option<DateTime<Utc>>,
+    /// Event time of the newest device report (event or status) applied;
+    /// older reports cannot end an alert or change the beacon state.
+    #[serde(default)]
+    pub newest_report: Option<DateTime<Utc>>,
     /// Home beacon in range, as last reported.
     pub beacon: Option<bool>,
     /// Conditions being watched.
@@ -143,7 +149,8 @@ impl DeviceState {
     pub fn needs_write(&self, before: &DeviceState) -> bool {
         self.conditions != before.conditions
             || self.beacon != before.beacon
-            || self.last_usable_rx.is_some() != before.last_usable_rx.is_some()
+            || self.unusable_since != before.unusable_since
+            || self.newest_report.is_some() != before.newest_report.is_some()
             || match (self.newest_fix, before.checkpoint) {
                 (Some(n), Some(c)) => n - c >= CHECKPOINT_EVERY,
                 (Some(_), None) => true,
@@ -391,7 +398,9 @@ impl<'a> Evaluator<'a> {
                             Obs::Compliant
                         }
                     }
-                    _ if active => Obs::NotApplicable,
+                    // No current victim position (it reports rarely, or the
+                    // board is empty after a restart): nothing is known,
+                    // so nothing changes.
                     _ => Obs::Hold,
                 };
                 let rule = Rule {
@@ -761,7 +770,7 @@ impl<'a> Evaluator<'a> {
                 if let Obs::Violation(conf @ (Confidence::Confirmed | Confidence::Probable), d) =
                     obs
                 {
-                    late.add(key, rule.id, conf, d, f, || {
+                    late.add(key, rule, conf, d, f, || {
                         let c = Condition {
                             key,
                             rule: Some(rule.id),
@@ -881,6 +890,24 @@ impl<'a> Evaluator<'a> {
         out: &mut Output,
     ) {
         let tamper = AlertKind::StrapTamper;
+        if st.newest_report.is_some_and(|n| at < n) {
+            // A report older than one already applied (a buffered upload):
+            // it may still raise (tamper is never filtered out), but it
+            // cannot end an alert or change the beacon state.
+            if matches!(kind, EventKind::StrapOpen | EventKind::CaseTamper) {
+                self.report_raise(
+                    st,
+                    device,
+                    tamper,
+                    at,
+                    kind.as_str(),
+                    "Device reported (late) its strap or case opened".into(),
+                    out,
+                );
+            }
+            return;
+        }
+        st.newest_report = Some(at);
         match kind {
             EventKind::StrapOpen => self.report_raise(
                 st,
@@ -960,6 +987,21 @@ impl<'a> Evaluator<'a> {
         s: &crate::domain::Status,
         out: &mut Output,
     ) {
+        if st.newest_report.is_some_and(|n| at < n) {
+            if s.strap == Some(StrapState::Open) {
+                self.report_raise(
+                    st,
+                    device,
+                    AlertKind::StrapTamper,
+                    at,
+                    "strap_open",
+                    "Device status (late) shows its strap open".into(),
+                    out,
+                );
+            }
+            return;
+        }
+        st.newest_report = Some(at);
         match s.strap {
             Some(StrapState::Open) => self.report_raise(
                 st,
@@ -1009,7 +1051,9 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    /// gps_loss: messages keep arriving, but none with a usable fix.
+    /// gps_loss: messages keep arriving, but none with a usable fix. Counted
+    /// on event time from the first unusable message, so a silent device
+    /// (that is no_signal's business) or a server outage does not count.
     fn gps_loss(
         &self,
         st: &mut DeviceState,
@@ -1024,26 +1068,22 @@ impl<'a> Evaluator<'a> {
             .iter()
             .any(|f| f.acc_m <= self.cfg.usable_accuracy_m);
         let kind = AlertKind::GpsLoss;
-        if usable {
-            st.last_usable_rx = Some(m.received_at);
+        if usable || st.beacon == Some(true) {
+            // A usable position, or at home by the beacon (no position is
+            // needed, and indoors there rarely is one).
+            st.unusable_since = None;
             self.report_end(st, device, kind, at, "usable positions again", out);
             return;
         }
-        if st.beacon == Some(true) {
-            // At home by the beacon: no position is needed (and indoors
-            // there rarely is one).
-            st.last_usable_rx = Some(m.received_at);
-            return;
-        }
-        let since = *st.last_usable_rx.get_or_insert(m.received_at);
+        let since = *st.unusable_since.get_or_insert(at);
         let key = AlertKey {
             device_key: device,
             kind,
             zone_id: None,
             pairing_id: None,
         };
-        if m.received_at - since >= self.cfg.gps_loss_after && st.cond(&key).is_none() {
-            let mins = (m.received_at - since).num_minutes();
+        if at - since >= self.cfg.gps_loss_after && st.cond(&key).is_none() {
+            let mins = (at - since).num_minutes();
             self.report_raise(
                 st,
                 device,
@@ -1073,7 +1113,8 @@ fn evidence_of(f: &Fix, conf: Confidence, d: f64) -> Evidence {
 /// buffered fixes yields one retrospective alert, not one per fix.
 #[derive(Default)]
 struct LateGroups {
-    groups: HashMap<AlertKey, NewAlert>,
+    /// Alert so far, violating fixes seen, and the rule's debounce.
+    groups: HashMap<AlertKey, (NewAlert, u32, u32, TimeDelta)>,
     order: Vec<AlertKey>,
 }
 
@@ -1081,14 +1122,15 @@ impl LateGroups {
     fn add(
         &mut self,
         key: AlertKey,
-        _rule: i64,
+        rule: &Rule,
         conf: Confidence,
         d: f64,
         f: &Fix,
         make: impl FnOnce() -> NewAlert,
     ) {
         match self.groups.get_mut(&key) {
-            Some(a) => {
+            Some((a, n, _, _)) => {
+                *n += 1;
                 a.started_at = a.started_at.min(f.ts);
                 a.last_evidence_at = a.last_evidence_at.max(f.ts);
                 a.ended_at = Some(a.last_evidence_at);
@@ -1099,16 +1141,21 @@ impl LateGroups {
             }
             None => {
                 self.order.push(key);
-                self.groups.insert(key, make());
+                self.groups
+                    .insert(key, (make(), 1, rule.confirm_fixes, rule.grace));
             }
         }
     }
 
+    /// Late episodes that pass the same debounce as live ones.
     fn finish(mut self) -> Vec<AlertOp> {
         self.order
             .iter()
             .filter_map(|k| self.groups.remove(k))
-            .map(|a| AlertOp::Raise(Box::new(a)))
+            .filter(|(a, n, confirm, grace)| {
+                *n >= *confirm || a.last_evidence_at - a.started_at >= *grace
+            })
+            .map(|(a, ..)| AlertOp::Raise(Box::new(a)))
             .collect()
     }
 }

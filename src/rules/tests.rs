@@ -457,8 +457,12 @@ fn fixes_belong_to_whoever_wore_the_device_then() {
     // After reissue, C-2 has no rules: no alert.
     r.fix(2000, 0.0, 5.0);
     assert!(r.fix(2010, 0.0, 5.0).ops.is_empty());
-    // A late fix from C-1's time is judged by C-1's rules.
-    let out = r.feed(msg(vec![fix(500, 0.0, 5.0)], vec![], None));
+    // Late fixes from C-1's time are judged by C-1's rules.
+    let out = r.feed(msg(
+        vec![fix(500, 0.0, 5.0), fix(510, 0.0, 5.0)],
+        vec![],
+        None,
+    ));
     let a = raises(&out);
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].supervisee_id, Some(SUP));
@@ -559,13 +563,42 @@ fn gps_loss_after_minutes_of_messages_without_usable_fixes() {
         m.received_at = t(s);
         m
     };
-    assert!(r.feed(status_at(200)).ops.is_empty());
-    let mut poor = msg(vec![fix(250, 500.0, 900.0)], vec![], None);
-    poor.received_at = t(250);
+    // A long silence is no_signal's business, not gps_loss's: the count
+    // starts at the first message without a usable fix.
+    assert!(r.feed(status_at(2000)).ops.is_empty());
+    let poor = msg(vec![fix(2250, 500.0, 900.0)], vec![], None);
     assert!(r.feed(poor).ops.is_empty(), "a 900 m fix is not usable");
-    let out = r.feed(status_at(301));
+    assert!(r.feed(status_at(2290)).ops.is_empty(), "4 min 50 s");
+    let out = r.feed(status_at(2301));
     assert_eq!(raises(&out)[0].key.kind, AlertKind::GpsLoss);
-    assert_eq!(ends(&r.fix(400, 500.0, 5.0)), 1);
+    assert_eq!(ends(&r.fix(2400, 500.0, 5.0)), 1);
+}
+
+#[test]
+fn late_reports_cannot_end_alerts_or_fake_the_beacon() {
+    let mut r = Rig::new(base());
+    let ev = |s, kind| DeviceEvent { ts: t(s), kind };
+    r.feed(msg(vec![], vec![ev(100, EventKind::StrapOpen)], None));
+    // A buffered strap_closed from before the opening is history.
+    let out = r.feed(msg(vec![], vec![ev(50, EventKind::StrapClosed)], None));
+    assert_eq!(ends(&out), 0);
+    assert!(r.st.is_active(AlertKind::StrapTamper));
+    let out = r.feed(msg(vec![], vec![ev(60, EventKind::BeaconEnter)], None));
+    assert!(out.ops.is_empty());
+    assert_eq!(r.st.beacon, None, "a late beacon report changes nothing");
+    // A newer one does end it.
+    assert_eq!(
+        ends(&r.feed(msg(vec![], vec![ev(150, EventKind::StrapClosed)], None))),
+        1
+    );
+}
+
+#[test]
+fn late_fixes_need_the_same_debounce_as_live_ones() {
+    let mut r = Rig::new(base());
+    r.fix(1000, 500.0, 5.0);
+    // One buffered fix inside the zone: noise until shown otherwise.
+    assert!(raises(&r.feed(msg(vec![fix(100, 10.0, 5.0)], vec![], None))).is_empty());
 }
 
 #[test]

@@ -123,12 +123,17 @@ pub async fn run<S: Store>(
         // Devices heard at least once, and devices worn now that were never
         // heard: an assigned tag that never reports is a monitoring gap too.
         let heard: HashMap<i64, DateTime<Utc>> = liveness.snapshot().into_iter().collect();
+        // Worn now: (supervisee, assigned since), once per tick.
+        let worn: HashMap<i64, (i64, DateTime<Utc>)> = snap
+            .worn_at(now)
+            .map(|(d, sup, from)| (d, (sup, from)))
+            .collect();
         let mut watch: Vec<(i64, Option<DateTime<Utc>>)> =
             heard.iter().map(|(d, t)| (*d, Some(*t))).collect();
         watch.extend(
-            snap.worn_at(now)
-                .filter(|(d, _, _)| !heard.contains_key(d) && snap.victim_pairings(*d).is_empty())
-                .map(|(d, _, _)| (d, None)),
+            worn.keys()
+                .filter(|d| !heard.contains_key(d) && snap.victim_pairings(**d).is_empty())
+                .map(|d| (*d, None)),
         );
         for (dev, seen) in watch {
             let key = AlertKey {
@@ -148,15 +153,11 @@ pub async fn run<S: Store>(
                 }
                 continue;
             }
-            let Some(sup) = snap.wearer(dev, now) else {
+            let Some(&(sup, assigned)) = worn.get(&dev) else {
                 continue;
             };
             let interval = snap.report_interval(dev);
-            let threshold = interval * rules.cfg.no_signal_intervals as i32;
-            let assigned = snap
-                .worn_at(now)
-                .find(|(d, _, _)| *d == dev)
-                .map_or(since, |(_, _, from)| from);
+            let threshold = interval * rules.cfg.no_signal_intervals.min(10_000) as i32;
             // Never heard: silent since it was assigned (or since we could hear).
             let silent_from = seen.unwrap_or(assigned).max(since);
             if now - silent_from < threshold {

@@ -105,9 +105,17 @@ impl ShardRules {
         s.live.extend(staged);
     }
 
-    /// The transaction failed: forget staged states.
+    /// The transaction failed: forget staged states. The devices' live
+    /// states are evicted too, to be reloaded from the store before the
+    /// retry: a commit that failed on the way back (connection lost after
+    /// COMMIT reached the server) may in fact have been applied, and then
+    /// the retry only finds duplicates and evaluates nothing.
     pub fn discard_staged(&self) {
-        self.lock().staged.clear();
+        let mut s = self.lock();
+        let staged = std::mem::take(&mut s.staged);
+        for k in staged.keys() {
+            s.live.remove(k);
+        }
     }
 
     /// Devices held in memory.

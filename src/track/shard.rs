@@ -165,15 +165,6 @@ async fn flush<S: Store>(ctx: &ShardContext<S>, rules: &ShardRules, batch: &mut 
         return true;
     }
     let started = std::time::Instant::now();
-    // Devices seen for the first time since start: resume their rules
-    // state from the store before evaluating anything.
-    let missing = rules.missing(&batch.items);
-    if !missing.is_empty() {
-        let Some(rows) = with_retry(ctx, || ctx.store.load_device_states(&missing)).await else {
-            return false;
-        };
-        rules.install(&missing, rows);
-    }
     let items = std::mem::take(&mut batch.items);
     let Some(report) = commit_isolating(ctx, rules, &items).await else {
         return false;
@@ -263,6 +254,13 @@ async fn commit_or_refused<S: Store>(
     items: &[Prepared],
 ) -> Option<Result<CommitReport, sqlx::Error>> {
     with_retry(ctx, || async {
+        // Devices not in memory (first sight since start, or evicted after
+        // a failed commit): resume their rules state from the store first.
+        let missing = rules.missing(items);
+        if !missing.is_empty() {
+            let rows = ctx.store.load_device_states(&missing).await?;
+            rules.install(&missing, rows);
+        }
         let r = ctx.store.commit(items, rules as &dyn CommitHook).await;
         match &r {
             Ok(_) => rules.commit_staged(),

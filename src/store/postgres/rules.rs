@@ -328,18 +328,20 @@ pub(super) async fn apply_scenario(
         let entry = format!("assignments[{i}]");
         let dev = id_of(c, DEVICE, &a.device, &entry, "device").await?;
         let sup = id_of(c, SUPERVISEE, &a.supervisee, &entry, "supervisee").await?;
-        let exists: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM device_assignments WHERE device_key = $1 \
-             AND supervisee_id = $2 AND valid_from = $3 AND valid_to IS NOT DISTINCT FROM $4)",
+        // Keyed on (device, from): a load that adds or moves `to` (the
+        // device is handed back) updates the assignment in place.
+        let updated = sqlx::query(
+            "UPDATE device_assignments SET valid_to = $4 WHERE device_key = $1 \
+             AND supervisee_id = $2 AND valid_from = $3",
         )
         .bind(dev)
         .bind(sup)
         .bind(a.from)
         .bind(a.to)
-        .fetch_one(&mut *c)
+        .execute(&mut *c)
         .await
-        .map_err(classify)?;
-        if exists {
+        .map_err(refused(entry.clone()))?;
+        if updated.rows_affected() > 0 {
             continue;
         }
         sqlx::query(
