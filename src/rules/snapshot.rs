@@ -240,15 +240,35 @@ impl Snapshot {
                         },
                     );
                 }
-                Err(e) => s.problems.push(format!("supervisee {}: {e}", r.case_ref)),
+                Err(e) => match prev.and_then(|p| p.supervisees.get(&r.id)) {
+                    // Keep the last good time zone rather than switch their
+                    // scheduled rules off.
+                    Some(old) => {
+                        s.problems.push(format!(
+                            "supervisee {}: {e}; previous zone kept",
+                            r.case_ref
+                        ));
+                        s.supervisees.insert(r.id, old.clone());
+                    }
+                    None => s.problems.push(format!("supervisee {}: {e}", r.case_ref)),
+                },
             }
         }
         let mut list_members: HashMap<String, Vec<(i64, Arc<PreparedZone>, i32)>> = HashMap::new();
         let prepared = prepare_all(&data.zones, prev);
         for (z, geom) in data.zones.into_iter().zip(prepared) {
-            let geom = match geom {
-                Ok(g) => g,
-                Err(problem) => {
+            let (geom, version) = match (geom, prev.and_then(|p| p.zones.get(&z.id))) {
+                (Ok(g), _) => (g, z.version),
+                // Fail safe, not open: a broken new version must not end
+                // the alerts of every rule on this zone; keep the last good.
+                (Err(problem), Some(old)) => {
+                    s.problems.push(format!(
+                        "zone {:?}: {problem}; version {} kept in force",
+                        z.name, old.version
+                    ));
+                    (old.geom.clone(), old.version)
+                }
+                (Err(problem), None) => {
                     s.problems.push(format!("zone {:?}: {problem}", z.name));
                     continue;
                 }
@@ -257,14 +277,14 @@ impl Snapshot {
                 list_members
                     .entry(l.clone())
                     .or_default()
-                    .push((z.id, geom.clone(), z.version));
+                    .push((z.id, geom.clone(), version));
             }
             s.zones.insert(
                 z.id,
                 Arc::new(ZoneInfo {
                     id: z.id,
                     name: z.name,
-                    version: z.version,
+                    version,
                     geom,
                 }),
             );

@@ -692,6 +692,16 @@ fn a_reload_reuses_prepared_zones_and_unchanged_list_indexes() {
     assert!(third.problems.is_empty());
     assert_ne!(list_ptr(&third), list_ptr(&second));
     assert_eq!(third.zone(1005).unwrap().version, 4);
+    // A broken new version keeps the last good one in force (fail safe).
+    let mut broken = again.clone();
+    broken.zones.iter_mut().find(|z| z.id == 1005).unwrap().version = 4;
+    let victim_home = broken.zones.iter_mut().find(|z| z.id == 100).unwrap();
+    victim_home.version += 1;
+    victim_home.geojson = Some(json!({"type": "Point", "coordinates": [0, 0]}));
+    let fourth = Snapshot::rebuild(broken, Some(&third));
+    assert_eq!(fourth.problems.len(), 1, "{:?}", fourth.problems);
+    assert_eq!(fourth.zone(100).unwrap().version, 3);
+    assert_eq!(fourth.rules_of(SUP).len(), 1, "the rule stays in force");
     // Without a previous snapshot, missing geometry is a problem, not a panic.
     let orphan = Snapshot::rebuild(again, None);
     // 21 zones without geometry, and the rule that needed one of them.
