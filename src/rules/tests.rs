@@ -694,7 +694,12 @@ fn a_reload_reuses_prepared_zones_and_unchanged_list_indexes() {
     assert_eq!(third.zone(1005).unwrap().version, 4);
     // A broken new version keeps the last good one in force (fail safe).
     let mut broken = again.clone();
-    broken.zones.iter_mut().find(|z| z.id == 1005).unwrap().version = 4;
+    broken
+        .zones
+        .iter_mut()
+        .find(|z| z.id == 1005)
+        .unwrap()
+        .version = 4;
     let victim_home = broken.zones.iter_mut().find(|z| z.id == 100).unwrap();
     victim_home.version += 1;
     victim_home.geojson = Some(json!({"type": "Point", "coordinates": [0, 0]}));
