@@ -259,6 +259,18 @@ pub struct AlertKey {
     pub pairing_id: Option<i64>,
 }
 
+impl AlertKey {
+    /// The key of a device-level condition (tamper, battery, signal).
+    pub fn device(device_key: i64, kind: AlertKind) -> Self {
+        Self {
+            device_key,
+            kind,
+            zone_id: None,
+            pairing_id: None,
+        }
+    }
+}
+
 /// One piece of evidence copied into the alert (raw fixes age out).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {

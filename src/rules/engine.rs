@@ -802,12 +802,7 @@ impl<'a> Evaluator<'a> {
         explanation: String,
         out: &mut Output,
     ) {
-        let key = AlertKey {
-            device_key: device,
-            kind,
-            zone_id: None,
-            pairing_id: None,
-        };
+        let key = AlertKey::device(device, kind);
         let ev = Evidence {
             at,
             lat: st.last_fix.map(|l| l.lat),
@@ -865,12 +860,7 @@ impl<'a> Evaluator<'a> {
         reason: &str,
         out: &mut Output,
     ) {
-        let key = AlertKey {
-            device_key: device,
-            kind,
-            zone_id: None,
-            pairing_id: None,
-        };
+        let key = AlertKey::device(device, kind);
         if let Some(i) = st.cond(&key) {
             st.conditions.remove(i);
             out.ops.push(AlertOp::End {
@@ -1076,12 +1066,7 @@ impl<'a> Evaluator<'a> {
             return;
         }
         let since = *st.unusable_since.get_or_insert(at);
-        let key = AlertKey {
-            device_key: device,
-            kind,
-            zone_id: None,
-            pairing_id: None,
-        };
+        let key = AlertKey::device(device, kind);
         if at - since >= self.cfg.gps_loss_after && st.cond(&key).is_none() {
             let mins = (at - since).num_minutes();
             self.report_raise(

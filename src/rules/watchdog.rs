@@ -136,12 +136,7 @@ pub async fn run<S: Store>(
                 .map(|d| (*d, None)),
         );
         for (dev, seen) in watch {
-            let key = AlertKey {
-                device_key: dev,
-                kind: AlertKind::NoSignal,
-                zone_id: None,
-                pairing_id: None,
-            };
+            let key = AlertKey::device(dev, AlertKind::NoSignal);
             if let Some(at_raise) = active.get(&dev) {
                 if let Some(seen) = seen.filter(|s| s > at_raise) {
                     ops.push(AlertOp::End {

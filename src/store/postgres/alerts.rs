@@ -100,44 +100,33 @@ pub(super) async fn write(
                 count,
                 evidence,
             } => {
-                let id: Option<i64> = sqlx::query_scalar(
+                let sql = format!(
                     "UPDATE alerts SET last_evidence_at = GREATEST(last_evidence_at, $5), \
-                     evidence_count = evidence_count + $6 \
-                     WHERE device_key = $1 AND kind = $2 AND zone_id IS NOT DISTINCT FROM $3 \
-                       AND pairing_id IS NOT DISTINCT FROM $4 AND condition_ended_at IS NULL \
-                     RETURNING alert_id",
-                )
-                .bind(key.device_key)
-                .bind(key.kind.as_str())
-                .bind(key.zone_id)
-                .bind(key.pairing_id)
-                .bind(at)
-                .bind(count)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(classify)?;
+                     evidence_count = evidence_count + $6 {ACTIVE_BY_KEY} RETURNING alert_id"
+                );
+                let id: Option<i64> = bind_key(sqlx::query_scalar(&sql), key)
+                    .bind(at)
+                    .bind(count)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(classify)?;
                 if let Some(id) = id {
                     evidence_rows.extend(evidence.iter().map(|e| (id, e)));
                     push(&mut events, id, "updated");
                 }
             }
             Op::End { key, at, reason } => {
-                let ids: Vec<i64> = sqlx::query_scalar(
+                let sql = format!(
                     "UPDATE alerts SET condition_ended_at = GREATEST($5, started_at), \
                      details = details || jsonb_build_object('end_reason', $6::text) \
-                     WHERE device_key = $1 AND kind = $2 AND zone_id IS NOT DISTINCT FROM $3 \
-                       AND pairing_id IS NOT DISTINCT FROM $4 AND condition_ended_at IS NULL \
-                     RETURNING alert_id",
-                )
-                .bind(key.device_key)
-                .bind(key.kind.as_str())
-                .bind(key.zone_id)
-                .bind(key.pairing_id)
-                .bind(at)
-                .bind(reason)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(classify)?;
+                     {ACTIVE_BY_KEY} RETURNING alert_id"
+                );
+                let ids: Vec<i64> = bind_key(sqlx::query_scalar(&sql), key)
+                    .bind(at)
+                    .bind(reason)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(classify)?;
                 for id in ids {
                     push(&mut events, id, "condition_ended");
                 }
@@ -153,6 +142,21 @@ pub(super) async fn write(
     append_events(conn, &events, w.now).await?;
     report.alert_events += events.len() as u64;
     Ok(())
+}
+
+/// The open alert of an [`AlertKey`] bound as $1..$4 (see [`bind_key`]).
+const ACTIVE_BY_KEY: &str = "WHERE device_key = $1 AND kind = $2 \
+     AND zone_id IS NOT DISTINCT FROM $3 AND pairing_id IS NOT DISTINCT FROM $4 \
+     AND condition_ended_at IS NULL";
+
+fn bind_key<'q, O>(
+    q: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    key: &AlertKey,
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    q.bind(key.device_key)
+        .bind(key.kind.as_str())
+        .bind(key.zone_id)
+        .bind(key.pairing_id)
 }
 
 /// An op with consecutive evidence updates of one alert merged, so a device
