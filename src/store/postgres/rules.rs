@@ -328,34 +328,22 @@ pub(super) async fn apply_scenario(
         let entry = format!("assignments[{i}]");
         let dev = id_of(c, DEVICE, &a.device, &entry, "device").await?;
         let sup = id_of(c, SUPERVISEE, &a.supervisee, &entry, "supervisee").await?;
-        // Keyed on (device, from): a load that adds or moves `to` (the
-        // device is handed back) updates the assignment in place.
-        let updated = sqlx::query(
-            "UPDATE device_assignments SET valid_to = $4 WHERE device_key = $1 \
-             AND supervisee_id = $2 AND valid_from = $3",
+        // Keyed on (device, supervisee, from): a load that adds or moves
+        // `to` (the device is handed back) updates the assignment in place.
+        let created: Option<i32> = sqlx::query_scalar(
+            "WITH u AS (UPDATE device_assignments SET valid_to = $4 WHERE device_key = $1 \
+               AND supervisee_id = $2 AND valid_from = $3 RETURNING 1) \
+             INSERT INTO device_assignments (device_key, supervisee_id, valid_from, valid_to) \
+             SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM u) RETURNING 1",
         )
         .bind(dev)
         .bind(sup)
         .bind(a.from)
         .bind(a.to)
-        .execute(&mut *c)
-        .await
-        .map_err(refused(entry.clone()))?;
-        if updated.rows_affected() > 0 {
-            continue;
-        }
-        sqlx::query(
-            "INSERT INTO device_assignments (device_key, supervisee_id, valid_from, valid_to) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(dev)
-        .bind(sup)
-        .bind(a.from)
-        .bind(a.to)
-        .execute(&mut *c)
+        .fetch_optional(&mut *c)
         .await
         .map_err(refused(entry))?;
-        rep.assignments_created += 1;
+        rep.assignments_created += u64::from(created.is_some());
     }
     for (i, x) in s.exceptions.iter().enumerate() {
         let entry = format!("exceptions[{i}]");
