@@ -777,3 +777,66 @@ async fn an_assigned_device_that_never_reports_raises_no_signal() {
     );
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_provisioned_on_a_long_running_server_gets_a_full_threshold_before_no_signal() {
+    let db = TestDb::new().await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let mut opts = ServerOpts::new(&db);
+    opts.clock = clock.clone();
+    let srv = start_server(&opts).await;
+    // The server has been hearing for an hour (threshold: 10 s × 3).
+    clock.advance(TimeDelta::hours(1));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Provisioned now, recorded retroactively (as the simulator does): the
+    // assignment starts in 2020 and the tag has never been heard.
+    let provisioned = clock_now(&clock);
+    db.store()
+        .apply_scenario(&scenario("tag-10"), "test")
+        .await
+        .unwrap();
+    wait_for(
+        "the assignment in force",
+        Duration::from_secs(5),
+        || async { srv.rules.snapshot().counts() == (1, 1) },
+    )
+    .await;
+    // A couple of watchdog ticks see the assignment before time moves on.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        alerts(&db).await.is_empty(),
+        "blamed for silence before the server knew of the assignment"
+    );
+    clock.advance(TimeDelta::seconds(25));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        alerts(&db).await.is_empty(),
+        "less than a threshold since provisioning"
+    );
+
+    clock.advance(TimeDelta::seconds(10));
+    wait_for("no_signal for the new silent tag", WAIT, || async {
+        alerts(&db).await.iter().any(|a| a.kind == "no_signal")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let a = alerts(&db).await;
+    assert_eq!(a.len(), 1, "raised once: {a:?}");
+    assert_eq!(
+        (a[0].kind.as_str(), a[0].device_id.as_str()),
+        ("no_signal", "tag-10")
+    );
+    assert!(
+        a[0].started_at >= provisioned,
+        "silence counted from provisioning, not from the assignment's start: {}",
+        a[0].started_at
+    );
+    assert!(
+        a[0].explanation.starts_with("No message ever received")
+            && a[0].explanation.contains("monitor"),
+        "{}",
+        a[0].explanation
+    );
+    srv.stop().await;
+}

@@ -7,7 +7,10 @@
 //! from when ingest was able to hear the device: while the broker
 //! connection is down or a shard is stalled on the database, and for one
 //! threshold after it recovers, the server's own deafness is not blamed on
-//! devices.
+//! devices. Nor is silence from before the server knew of an assignment:
+//! assignments are often recorded retroactively (a scenario loaded now with a
+//! start in the past), so a never-heard device's silence counts at the
+//! earliest from when this task first saw its assignment.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,6 +70,12 @@ pub async fn run<S: Store>(
     // device → receive time it had when its no_signal alert was raised; a
     // newer message ends the alert.
     let mut active: HashMap<i64, DateTime<Utc>> = HashMap::new();
+    // (device, assignment start) → server-clock time this task first saw
+    // that assignment worn. Only assignments worn now are kept, so memory is
+    // bounded by the worn set. Those already configured at startup are seen
+    // at the first tick, which fires as soon as this task starts; ingest
+    // subscribes after that, so after a restart `since` still decides.
+    let mut first_seen: HashMap<(i64, DateTime<Utc>), DateTime<Utc>> = HashMap::new();
     let mut loaded = false;
     let mut unstalled_since: Option<DateTime<Utc>> = None;
     let mut stall_seen = false;
@@ -78,6 +87,19 @@ pub async fn run<S: Store>(
             _ = tick.tick() => {}
         }
         let now = clock.now();
+        let snap = rules.snapshot();
+        // Worn now: (supervisee, assigned since), once per tick. Recorded
+        // before any of the waits below so that an assignment provisioned
+        // while the server is deaf or loading is still dated by when it
+        // appeared, not by when the server recovered.
+        let worn: HashMap<i64, (i64, DateTime<Utc>)> = snap
+            .worn_at(now)
+            .map(|(d, sup, from)| (d, (sup, from)))
+            .collect();
+        first_seen.retain(|(d, from), _| worn.get(d).is_some_and(|(_, f)| f == from));
+        for (d, (_, from)) in &worn {
+            first_seen.entry((*d, *from)).or_insert(now);
+        }
         if !loaded {
             // Restart: recover what was heard and which alerts are active.
             match (
@@ -116,18 +138,12 @@ pub async fn run<S: Store>(
             unstalled_since = Some(now);
         }
         let since = unstalled_since.map_or(subscribed, |u| u.max(subscribed));
-        let snap = rules.snapshot();
         let mut ops = Vec::new();
         let mut raised = Vec::new();
         let mut ended = Vec::new();
         // Devices heard at least once, and devices worn now that were never
         // heard: an assigned tag that never reports is a monitoring gap too.
         let heard: HashMap<i64, DateTime<Utc>> = liveness.snapshot().into_iter().collect();
-        // Worn now: (supervisee, assigned since), once per tick.
-        let worn: HashMap<i64, (i64, DateTime<Utc>)> = snap
-            .worn_at(now)
-            .map(|(d, sup, from)| (d, (sup, from)))
-            .collect();
         let mut watch: Vec<(i64, Option<DateTime<Utc>>)> =
             heard.iter().map(|(d, t)| (*d, Some(*t))).collect();
         watch.extend(
@@ -153,8 +169,13 @@ pub async fn run<S: Store>(
             };
             let interval = snap.report_interval(dev);
             let threshold = interval * rules.cfg.no_signal_intervals.min(10_000) as i32;
-            // Never heard: silent since it was assigned (or since we could hear).
-            let silent_from = seen.unwrap_or(assigned).max(since);
+            // Never heard: silent since it was assigned, but a device is not
+            // blamed for silence before the server knew of the assignment
+            // (recorded retroactively) nor while it could not hear.
+            let monitored = first_seen
+                .get(&(dev, assigned))
+                .map_or(assigned, |f| assigned.max(*f));
+            let silent_from = seen.unwrap_or(monitored).max(since);
             if now - silent_from < threshold {
                 continue;
             }
@@ -165,6 +186,16 @@ pub async fn run<S: Store>(
                     "No message since {} ({} min; expected every {} s).",
                     local(seen),
                     (now - seen).num_minutes(),
+                    interval.num_seconds()
+                ),
+                // Say when monitoring began if that is visibly later than
+                // the assignment's start, so the text matches `started_at`'s
+                // reasoning and does not imply silence was watched for years.
+                None if local(monitored).to_string() != local(assigned).to_string() => format!(
+                    "No message ever received from this device since it was assigned on {} \
+                     (monitored from {}; expected every {} s).",
+                    local(assigned),
+                    local(monitored),
                     interval.num_seconds()
                 ),
                 None => format!(
