@@ -1,0 +1,555 @@
+//! One simulated device: turns the wearer's trajectory into telemetry
+//! messages (noisy fixes, battery, strap, beacon, events), with the
+//! persona's faults (coverage loss, GNSS loss, clock skew, a dying battery),
+//! and keeps the ground truth of what the server should make of them.
+
+use std::collections::HashMap;
+
+use chrono_tz::Tz;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+use crate::encode::{Event, EventKind, Fix, FixSource, Status, Telemetry};
+use crate::fleet::{
+    curfew_active, noise_stream, Fleet, FleetParams, SimDevice, COUNTY_HALF_M, EXCLUSION_R_M,
+    HOME_R_M, VICTIM_ENTER_M, VICTIM_EXIT_M,
+};
+use crate::persona::Persona;
+use crate::plan::{PlaceKind, Trajectory, Visit};
+use crate::truth::{classify, Class, Episode, Tracker};
+use crate::world::{Frame, P};
+
+/// GNSS noise, metres (1 σ per axis before clipping): open sky.
+const SIGMA_OUT: f64 = 4.0;
+/// Indoors (worse multipath).
+const SIGMA_IN: f64 = 10.0;
+/// Coarse cell-tower positions while GNSS is lost.
+const SIGMA_CELL: f64 = 90.0;
+/// Noise is clipped at this many σ, so the ground truth's margins are exact.
+const CLIP: f64 = 3.0;
+/// GPS errors are correlated from one fix to the next.
+const AR: f64 = 0.8;
+/// Frame error against the server's geodesic distances at the county edge.
+const FRAME_SLACK_M: f64 = 30.0;
+/// Fixes buffered offline go out in messages of this many, newest first.
+const UPLOAD_CHUNK: usize = 10;
+
+/// The ground truth of one supervisee device.
+struct Truth {
+    exclusion: Tracker,
+    inclusion: Tracker,
+    curfew: Tracker,
+    victim: Tracker,
+    strap: Tracker,
+    low: Tracker,
+    critical: Tracker,
+    gps_loss: Tracker,
+    no_signal: Tracker,
+    /// First and last message without a usable position (device time).
+    dark: Option<(i64, i64)>,
+    /// Wall clock of the last message (or of provisioning), ms.
+    last_wall: i64,
+}
+
+impl Truth {
+    fn new(p: &FleetParams, provisioned_wall_ms: i64) -> Truth {
+        let c = p.server.confirm_fixes;
+        Truth {
+            exclusion: Tracker::new("exclusion_zone_entry", c, 2),
+            inclusion: Tracker::new("inclusion_zone_exit", c, 2),
+            curfew: Tracker::new("curfew_violation", c, 2),
+            // The server raises proximity on the first fix inside, but the
+            // victim's position reaches it through another shard: ask for two.
+            victim: Tracker::new("victim_proximity", 2, 2),
+            strap: Tracker::new("strap_tamper", 1, 1),
+            low: Tracker::new("battery_low", 1, 1),
+            critical: Tracker::new("battery_critical", 1, 1),
+            gps_loss: Tracker::new("gps_loss", 1, 1),
+            no_signal: Tracker::new("no_signal", 1, 1),
+            dark: None,
+            last_wall: provisioned_wall_ms,
+        }
+    }
+}
+
+/// A device in the simulation.
+pub struct DeviceSim {
+    /// Device id.
+    pub id: String,
+    /// Index of the supervisee it belongs to (a victim's device shares its pair's).
+    pub idx: usize,
+    /// A victim's device (positions feed proximity only and are not stored).
+    pub is_victim: bool,
+    persona: Persona,
+    traj: Trajectory,
+    frame: Frame,
+    tz: Tz,
+    rng: ChaCha8Rng,
+    noise: (f64, f64),
+    boot: u64,
+    seq: u64,
+    battery: f64,
+    drain: f64,
+    charging: bool,
+    dead: bool,
+    strap_open: bool,
+    beacon: Option<bool>,
+    last_ms: Option<i64>,
+    skew_ms: i64,
+    fix_ms: i64,
+    fixes_per_msg: u32,
+    offline: Option<(i64, i64)>,
+    garage: Option<(i64, i64)>,
+    strap: Option<(i64, i64)>,
+    buffer: Vec<Fix>,
+    home: P,
+    exclusion: P,
+    victim_home: Option<P>,
+    server: crate::fleet::ServerRules,
+    interval_ms: i64,
+    truth: Option<Truth>,
+    /// Fixes handed out for publishing that the server should store
+    /// (victims' fixes are used for proximity only).
+    pub fixes_to_store: u64,
+}
+
+/// What one tick's fix looked like, for the ground truth.
+struct FixTruth {
+    ts: i64,
+    pos: P,
+    noise: f64,
+    acc: f64,
+}
+
+impl DeviceSim {
+    /// The devices of a fleet: one per supervisee, plus victims' devices.
+    /// `boot` identifies this run to the server (a new boot per run means a
+    /// re-run never collides with the previous run's sequence numbers).
+    pub fn fleet(fleet: &Fleet, boot: u64, provisioned_wall_ms: i64) -> Vec<DeviceSim> {
+        let mut out = Vec::with_capacity(fleet.devices.len());
+        for d in &fleet.devices {
+            out.push(DeviceSim::supervisee(
+                &fleet.params,
+                d,
+                boot,
+                provisioned_wall_ms,
+            ));
+            if let Some((vid, vhome)) = &d.victim {
+                out.push(DeviceSim::victim(&fleet.params, d, vid, *vhome, boot));
+            }
+        }
+        out
+    }
+
+    fn base(p: &FleetParams, d: &SimDevice, id: String, traj: Trajectory, boot: u64) -> DeviceSim {
+        let mut rng = noise_stream(p.seed, d.idx);
+        let noise = (rng.sample(StandardNormal), rng.sample(StandardNormal));
+        DeviceSim {
+            id,
+            idx: d.idx,
+            is_victim: false,
+            persona: d.persona,
+            traj,
+            frame: p.frame,
+            tz: p.tz(),
+            rng,
+            noise,
+            boot,
+            seq: 0,
+            battery: d.battery0,
+            drain: d.drain_pct_h,
+            charging: false,
+            dead: false,
+            strap_open: false,
+            beacon: None,
+            last_ms: None,
+            skew_ms: d.skew_ms,
+            fix_ms: p.fix_interval_ms(),
+            fixes_per_msg: p.fixes_per_message,
+            offline: d.offline(p),
+            garage: d.garage_visit(p),
+            strap: d.strap_open(p),
+            buffer: Vec::new(),
+            home: d.home,
+            exclusion: d.exclusion,
+            victim_home: d.victim.as_ref().map(|v| v.1),
+            server: p.server.clone(),
+            interval_ms: i64::from(p.interval_s) * 1000,
+            truth: None,
+            fixes_to_store: 0,
+        }
+    }
+
+    fn supervisee(
+        p: &FleetParams,
+        d: &SimDevice,
+        boot: u64,
+        provisioned_wall_ms: i64,
+    ) -> DeviceSim {
+        let mut s = DeviceSim::base(
+            p,
+            d,
+            d.device_id.clone(),
+            Trajectory::build(d.visits(p)),
+            boot,
+        );
+        s.truth = Some(Truth::new(p, provisioned_wall_ms));
+        s
+    }
+
+    fn victim(p: &FleetParams, d: &SimDevice, id: &str, home: P, boot: u64) -> DeviceSim {
+        let stay = vec![Visit {
+            at_ms: p.start_ms - 2 * 86_400_000,
+            place: home,
+            kind: PlaceKind::Home,
+        }];
+        let mut s = DeviceSim::base(p, d, id.to_string(), Trajectory::build(stay), boot);
+        s.is_victim = true;
+        s.persona = Persona::Compliant;
+        s.skew_ms = 0;
+        s.offline = None;
+        s.garage = None;
+        s.strap = None;
+        s.battery = 90.0;
+        s.drain = 1.0;
+        s
+    }
+
+    /// Offset of this device's messages within the interval, ms.
+    pub fn phase_ms(fleet: &Fleet, idx: usize) -> i64 {
+        fleet.devices[idx].phase_ms
+    }
+
+    /// The tick at true time `t_ms` (sent at wall clock `wall_ms`): appends
+    /// the messages to publish now — none while offline or dead, several
+    /// when reconnecting with a backlog.
+    pub fn tick(&mut self, t_ms: i64, wall_ms: i64, out: &mut Vec<Telemetry>) {
+        if self.dead {
+            return;
+        }
+        let within = |w: Option<(i64, i64)>| w.is_some_and(|(a, b)| t_ms >= a && t_ms < b);
+        let now = self.traj.at(t_ms);
+        let at_home = now.place == Some(PlaceKind::Home);
+        let mut events = Vec::new();
+        let dev_t = t_ms - self.skew_ms;
+
+        // Battery: drain, charge at home unless neglected, die at zero.
+        if let Some(last) = self.last_ms {
+            let h = (t_ms - last) as f64 / 3_600_000.0;
+            if self.charging {
+                self.battery = (self.battery + 25.0 * h).min(100.0);
+            } else {
+                self.battery -= self.drain * h;
+            }
+        }
+        self.last_ms = Some(t_ms);
+        let neglect = self.persona == Persona::BatteryNeglect;
+        if !neglect && !self.charging && at_home && self.battery < 70.0 {
+            self.charging = true;
+            events.push(Event {
+                ts_ms: dev_t,
+                kind: EventKind::ChargerConnected,
+            });
+        } else if self.charging && (!at_home || self.battery >= 98.0) {
+            self.charging = false;
+            events.push(Event {
+                ts_ms: dev_t,
+                kind: EventKind::ChargerDisconnected,
+            });
+        }
+        if self.battery <= 0.0 {
+            self.battery = 0.0;
+            self.dead = true;
+            events.push(Event {
+                ts_ms: dev_t,
+                kind: EventKind::PowerOff,
+            });
+        }
+        let strap_open = within(self.strap);
+        if strap_open != self.strap_open {
+            self.strap_open = strap_open;
+            let kind = if strap_open {
+                EventKind::StrapOpen
+            } else {
+                EventKind::StrapClosed
+            };
+            events.push(Event { ts_ms: dev_t, kind });
+        }
+        if self.beacon.is_some_and(|b| b != at_home) {
+            let kind = if at_home {
+                EventKind::BeaconEnter
+            } else {
+                EventKind::BeaconLeave
+            };
+            events.push(Event { ts_ms: dev_t, kind });
+        }
+        self.beacon = Some(at_home);
+
+        // Fixes over the interval ending now.
+        let gnss_lost = within(self.garage) && now.place == Some(PlaceKind::Garage);
+        let mut fixes = Vec::with_capacity(self.fixes_per_msg as usize);
+        let mut truths = Vec::with_capacity(self.fixes_per_msg as usize);
+        for k in (0..i64::from(self.fixes_per_msg)).rev() {
+            let ft = t_ms - k * self.fix_ms;
+            let w = self.traj.at(ft);
+            let (sigma, src) = match w.place {
+                _ if gnss_lost => (SIGMA_CELL, FixSource::Cell),
+                Some(pk) if pk.indoor() => {
+                    let src = if self.rng.random_bool(0.3) {
+                        FixSource::Wifi
+                    } else {
+                        FixSource::Gnss
+                    };
+                    (SIGMA_IN, src)
+                }
+                _ => (SIGMA_OUT, FixSource::Gnss),
+            };
+            // Correlated noise, clipped so the truth's margins hold exactly.
+            let z: (f64, f64) = (
+                self.rng.sample(StandardNormal),
+                self.rng.sample(StandardNormal),
+            );
+            let k2 = (1.0 - AR * AR).sqrt();
+            self.noise = (AR * self.noise.0 + k2 * z.0, AR * self.noise.1 + k2 * z.1);
+            let mag = self.noise.0.hypot(self.noise.1);
+            let scale = if mag > CLIP { CLIP / mag } else { 1.0 };
+            let e = P::new(self.noise.0 * scale * sigma, self.noise.1 * scale * sigma);
+            let acc = if gnss_lost {
+                self.rng.random_range(250.0..400.0)
+            } else {
+                sigma * self.rng.random_range(2.0..3.5)
+            };
+            let (lat, lon) = self.frame.to_latlon(w.pos.offset(e.x, e.y));
+            fixes.push(Fix {
+                ts_ms: ft - self.skew_ms,
+                lat,
+                lon,
+                acc_m: acc as f32,
+                speed_mps: (w.place.is_none()).then_some(w.speed as f32),
+                heading_deg: (w.place.is_none()).then_some(w.heading as f32),
+                src,
+            });
+            truths.push(FixTruth {
+                ts: ft - self.skew_ms,
+                pos: w.pos,
+                noise: CLIP * sigma,
+                acc,
+            });
+        }
+        let status = Status {
+            battery: self.battery.round().clamp(0.0, 100.0) as u8,
+            charging: self.charging,
+            strap_open: self.strap_open,
+            beacon: at_home,
+            rssi_dbm: Some(self.rng.random_range(-105..-65)),
+        };
+
+        // The ground truth sees everything in true-time order, whether or
+        // not it is sent now.
+        self.observe(&truths, &status, at_home, dev_t, gnss_lost);
+
+        if within(self.offline) {
+            self.buffer.extend(fixes);
+            return;
+        }
+        self.observe_send(wall_ms);
+        let n = fixes.len() as u64;
+        out.push(self.message(fixes, Some(status), events));
+        if !self.is_victim {
+            self.fixes_to_store += n;
+        }
+        if !self.buffer.is_empty() {
+            // Reconnected: the backlog goes out newest chunk first, so it
+            // arrives both late and out of order.
+            let backlog = std::mem::take(&mut self.buffer);
+            for chunk in backlog.chunks(UPLOAD_CHUNK).rev() {
+                if !self.is_victim {
+                    self.fixes_to_store += chunk.len() as u64;
+                }
+                out.push(self.message(chunk.to_vec(), None, Vec::new()));
+            }
+        }
+    }
+
+    fn message(
+        &mut self,
+        fixes: Vec<Fix>,
+        status: Option<Status>,
+        events: Vec<Event>,
+    ) -> Telemetry {
+        self.seq += 1;
+        Telemetry {
+            device: self.id.clone(),
+            boot: self.boot,
+            seq: self.seq,
+            fixes,
+            status,
+            events,
+        }
+    }
+
+    fn observe(
+        &mut self,
+        fixes: &[FixTruth],
+        status: &Status,
+        at_home: bool,
+        dev_t: i64,
+        gnss_lost: bool,
+    ) {
+        let (home, excl, victim, tz) = (self.home, self.exclusion, self.victim_home, self.tz);
+        let usable_acc = 200.0;
+        let Some(t) = self.truth.as_mut() else {
+            return;
+        };
+        for f in fixes {
+            t.exclusion.observe(
+                f.ts,
+                classify(EXCLUSION_R_M - f.pos.dist(excl), f.noise, f.acc),
+            );
+            let out_depth = f.pos.linf(P::new(0.0, 0.0)) - COUNTY_HALF_M;
+            t.inclusion
+                .observe(f.ts, classify(out_depth, f.noise + FRAME_SLACK_M, f.acc));
+            let curfew = if !curfew_active(&tz, f.ts) || at_home {
+                Class::Good
+            } else {
+                classify(f.pos.dist(home) - HOME_R_M, f.noise, f.acc)
+            };
+            t.curfew.observe(f.ts, curfew);
+            if let Some(v) = victim {
+                // The victim's own fix is noisy too (indoor, clipped).
+                let margin = f.noise + CLIP * SIGMA_IN + 5.0;
+                let d = f.pos.dist(v);
+                let c = if d < VICTIM_ENTER_M - margin {
+                    Class::Bad
+                } else if d > VICTIM_EXIT_M + margin {
+                    Class::Good
+                } else if d < VICTIM_ENTER_M + margin {
+                    Class::Unsure
+                } else {
+                    // Between the enter and exit distances: the server holds
+                    // whatever state it has; extend an open run only.
+                    continue;
+                };
+                t.victim.observe(f.ts, c);
+            }
+        }
+        let s = &self.server;
+        t.strap.observe(
+            dev_t,
+            if status.strap_open {
+                Class::Bad
+            } else {
+                Class::Good
+            },
+        );
+        for (tr, thr) in [
+            (&mut t.low, s.battery_low_pct),
+            (&mut t.critical, s.battery_critical_pct),
+        ] {
+            if status.battery <= thr && !status.charging {
+                tr.observe(dev_t, Class::Bad);
+            } else if status.charging
+                || status.battery >= thr.saturating_add(s.battery_hysteresis_pct)
+            {
+                tr.observe(dev_t, Class::Good);
+            }
+        }
+        // gps_loss: counted on the messages' own time from the first one
+        // without a usable position; the beacon at home excuses it.
+        let usable = at_home || fixes.iter().any(|f| f.acc <= usable_acc) && !gnss_lost;
+        let ts = fixes.last().map_or(dev_t, |f| f.ts);
+        let need = i64::from(s.gps_loss_s) * 1000;
+        if usable {
+            if let Some((a, b)) = t.dark.take() {
+                let len = b - a;
+                if len >= need - self.interval_ms {
+                    t.gps_loss.push(Episode {
+                        kind: "gps_loss",
+                        first_ms: a,
+                        last_ms: b,
+                        must: len >= need + self.interval_ms,
+                        ambiguous: false,
+                    });
+                }
+            }
+        } else {
+            let d = t.dark.get_or_insert((ts, ts));
+            d.1 = ts;
+        }
+    }
+
+    /// Silence between messages on the server's wall clock: no_signal.
+    fn observe_send(&mut self, wall_ms: i64) {
+        let threshold = self.interval_ms * i64::from(self.server.no_signal_intervals);
+        let Some(t) = self.truth.as_mut() else {
+            return;
+        };
+        let gap = wall_ms - t.last_wall;
+        // The watchdog ticks every second and the message must be
+        // committed before it counts as heard: a few seconds of slack.
+        if gap >= threshold - 2_000 {
+            t.no_signal.push(Episode {
+                kind: "no_signal",
+                first_ms: t.last_wall,
+                last_ms: wall_ms,
+                must: gap >= threshold + 4_000,
+                ambiguous: false,
+            });
+        }
+        t.last_wall = wall_ms;
+    }
+
+    /// Ends the run at wall clock `end_wall_ms` (when the simulator stopped
+    /// listening) and returns the ground truth (empty for victims).
+    pub fn finish(mut self, end_wall_ms: i64) -> Vec<Episode> {
+        if self.truth.is_none() {
+            return Vec::new();
+        }
+        let interval = self.interval_ms;
+        let need = i64::from(self.server.gps_loss_s) * 1000;
+        let Some(mut t) = self.truth.take() else {
+            return Vec::new();
+        };
+        if let Some((a, b)) = t.dark.take() {
+            if b - a >= need - interval {
+                t.gps_loss.push(Episode {
+                    kind: "gps_loss",
+                    first_ms: a,
+                    last_ms: b,
+                    must: b - a >= need + interval,
+                    ambiguous: false,
+                });
+            }
+        }
+        let threshold = interval * i64::from(self.server.no_signal_intervals);
+        let gap = end_wall_ms - t.last_wall;
+        if gap >= threshold - 2_000 {
+            t.no_signal.push(Episode {
+                kind: "no_signal",
+                first_ms: t.last_wall,
+                last_ms: end_wall_ms,
+                must: gap >= threshold + 4_000,
+                ambiguous: false,
+            });
+        }
+        let mut out = Vec::new();
+        for tr in [
+            t.exclusion,
+            t.inclusion,
+            t.curfew,
+            t.victim,
+            t.strap,
+            t.low,
+            t.critical,
+            t.gps_loss,
+            t.no_signal,
+        ] {
+            out.extend(tr.finish());
+        }
+        out
+    }
+}
+
+/// Ground truth of every device, by device id.
+pub type TruthMap = HashMap<String, Vec<Episode>>;

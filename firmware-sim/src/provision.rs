@@ -1,0 +1,89 @@
+//! Provisioning a fleet through the server's own admin interface:
+//! `waypoint scenario load` (docs/scenario.md), the same path an operator
+//! uses, so a load test needs nothing set up by hand.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Provisioning failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The scenario file could not be written.
+    #[error("cannot write the scenario to {path}: {source}")]
+    Write {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The `waypoint` binary could not be started.
+    #[error("cannot run {bin}: {source} (give --waypoint-bin)")]
+    Spawn {
+        /// Binary.
+        bin: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The load was refused.
+    #[error("`waypoint scenario load` failed: {0}")]
+    Refused(String),
+}
+
+/// Runs `waypoint scenario load`.
+#[derive(Debug, Clone)]
+pub struct Provisioner {
+    /// The `waypoint` binary.
+    pub bin: PathBuf,
+    /// Database URL for it (else its own WAYPOINT_DATABASE_URL).
+    pub database_url: Option<String>,
+}
+
+impl Provisioner {
+    /// The `waypoint` binary next to this executable if there is one (a
+    /// cargo build puts both in the same directory), else from `PATH`.
+    pub fn default_bin() -> PathBuf {
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("waypoint")))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("waypoint"))
+    }
+
+    /// Writes `scenario` to a temporary file and loads it; returns how long it took.
+    pub async fn load(&self, scenario: &Value) -> Result<Duration, ProvisionError> {
+        let path = std::env::temp_dir().join(format!(
+            "firmware-sim-{}-{}.json",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        ));
+        let write = |p: &Path| -> std::io::Result<()> {
+            let f = std::io::BufWriter::new(std::fs::File::create(p)?);
+            serde_json::to_writer(f, scenario).map_err(std::io::Error::other)
+        };
+        write(&path).map_err(|source| ProvisionError::Write {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let t = Instant::now();
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.arg("scenario").arg("load").arg(&path);
+        if let Some(u) = &self.database_url {
+            cmd.env("WAYPOINT_DATABASE_URL", u);
+        }
+        let out = cmd.output().await;
+        let _ = std::fs::remove_file(&path);
+        let out = out.map_err(|source| ProvisionError::Spawn {
+            bin: self.bin.display().to_string(),
+            source,
+        })?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(ProvisionError::Refused(
+                err.trim().chars().take(2000).collect(),
+            ));
+        }
+        Ok(t.elapsed())
+    }
+}
