@@ -551,6 +551,15 @@ impl SimDevice {
                 ],
             );
         }
+        // Keep memory per device small (100k devices): the visit in
+        // progress six hours before the window, and nothing long after it.
+        out.sort_by_key(|x| x.at_ms);
+        let keep_from = out
+            .iter()
+            .rposition(|x| x.at_ms <= p.start_ms - 6 * 3_600_000)
+            .unwrap_or(0);
+        out.drain(..keep_from);
+        out.retain(|x| x.at_ms <= p.start_ms + p.span_ms + 6 * 3_600_000);
         out
     }
 }
@@ -572,6 +581,24 @@ pub fn curfew_active(tz: &Tz, ts_ms: i64) -> bool {
     let local = t.with_timezone(tz);
     let h = chrono::Timelike::hour(&local);
     h >= CURFEW.0 || h < CURFEW.1
+}
+
+/// The simulated window `(start_ms, span_ms)` of a run lasting
+/// `duration_s` real seconds at `speed` simulated seconds per second,
+/// starting about now: real time starts now; an accelerated run replays a
+/// window that ends before the run does ([`place_window`]).
+pub fn window(tz: &Tz, now: DateTime<Utc>, speed: f64, duration_s: f64) -> (i64, i64) {
+    let span_ms = (duration_s * speed * 1000.0) as i64;
+    if speed <= 1.0 {
+        return (now.timestamp_millis(), span_ms);
+    }
+    // By the end of the run simulated time has gained (speed − 1) × duration
+    // on the wall clock; 10 s spare covers provisioning and start-up.
+    let ahead = ((speed - 1.0) * duration_s * 1000.0) as i64 + 10_000;
+    (
+        place_window(tz, now - Duration::milliseconds(ahead), span_ms),
+        span_ms,
+    )
 }
 
 /// Chooses the simulated window for an accelerated run: it must end no

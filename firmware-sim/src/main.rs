@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use firmware_sim::encode::Encoding;
-use firmware_sim::fleet::{place_window, Fleet, FleetParams, ServerRules};
+use firmware_sim::fleet::{window, Fleet, FleetParams, ServerRules};
 use firmware_sim::persona::{Mix, Persona};
 use firmware_sim::provision::Provisioner;
 use firmware_sim::readback::Readback;
@@ -228,20 +228,16 @@ impl FleetArgs {
             speed > 0.0 && speed.is_finite(),
             "the acceleration must be positive"
         );
-        let span_ms = (self.duration * speed * 1000.0) as i64;
         let tz: chrono_tz::Tz = self
             .time_zone
             .parse()
             .map_err(|_| anyhow::anyhow!("unknown time zone {:?}", self.time_zone))?;
-        let now = chrono::Utc::now();
-        let start_ms = match self.start {
-            Some(s) => s.timestamp_millis(),
-            None if speed > 1.0 => {
-                // The window must end before the run does (wall clock).
-                let ahead = ((speed - 1.0) * self.duration * 1000.0) as i64 + 10_000;
-                place_window(&tz, now - chrono::Duration::milliseconds(ahead), span_ms)
-            }
-            None => now.timestamp_millis(),
+        let (start_ms, span_ms) = match self.start {
+            Some(s) => (
+                s.timestamp_millis(),
+                (self.duration * speed * 1000.0) as i64,
+            ),
+            None => window(&tz, chrono::Utc::now(), speed, self.duration),
         };
         let params = FleetParams {
             seed: self.seed,

@@ -161,12 +161,14 @@ pub async fn run(
         interval_ms: i64::from(p.interval_s) * 1000,
     };
 
-    // Spread devices over the connections; a victim's device rides with its pair.
+    // Spread devices over the connections round-robin: with as many
+    // connections as devices, each device has its own (and may log in as
+    // itself, as a per-device broker ACL expects).
     let n_conn = opts.connections.clamp(1, devices.len().max(1));
     let mut shares: Vec<Vec<Slot>> = (0..n_conn).map(|_| Vec::new()).collect();
     for (ring, dev) in devices.into_iter().enumerate() {
         let phase_ms = DeviceSim::phase_ms(fleet, dev.idx);
-        shares[dev.idx % n_conn].push(Slot {
+        shares[ring % n_conn].push(Slot {
             dev,
             phase_ms,
             ring,
