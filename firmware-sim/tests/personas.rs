@@ -32,16 +32,17 @@ fn params(devices: usize, span_ms: i64, interval_s: u32) -> FleetParams {
     }
 }
 
-/// Runs every device's ticks in simulated-time order at `speed`; returns
-/// the messages and each device's expected alert kinds.
-fn simulate(
-    fleet: &Fleet,
-    speed: f64,
-) -> (
-    Vec<Telemetry>,
-    BTreeMap<String, Vec<&'static str>>,
-    BTreeMap<String, Persona>,
-) {
+/// What a simulated run produced.
+struct Sim {
+    msgs: Vec<Telemetry>,
+    /// Expected alert kinds per device id.
+    expected: BTreeMap<String, Vec<&'static str>>,
+    /// Persona per supervisee device id.
+    persona: BTreeMap<String, Persona>,
+}
+
+/// Runs every device's ticks in simulated-time order at `speed`.
+fn simulate(fleet: &Fleet, speed: f64) -> Sim {
     let p = &fleet.params;
     let w0 = 1_900_000_000_000;
     let mut devs = DeviceSim::fleet(fleet, 7, w0);
@@ -82,14 +83,18 @@ fn simulate(
         kinds.dedup();
         expected.insert(id, kinds);
     }
-    (msgs, expected, persona)
+    Sim {
+        msgs,
+        expected,
+        persona,
+    }
 }
 
 #[test]
 fn same_seed_same_messages() {
     let f = Fleet::generate(params(40, 3 * 3_600_000, 60)).unwrap();
-    let (a, ..) = simulate(&f, 120.0);
-    let (b, ..) = simulate(&f, 120.0);
+    let a = simulate(&f, 120.0).msgs;
+    let b = simulate(&f, 120.0).msgs;
     assert!(a.len() > 40 * 150, "{} messages", a.len());
     let enc = |m: &[Telemetry]| {
         let mut out = Vec::new();
@@ -130,7 +135,11 @@ fn personas_produce_their_violations() {
     // Four hours around the curfew's start, fast enough that a dying
     // battery's silence does not reach no_signal.
     let f = Fleet::generate(params(90, 4 * 3_600_000, 60)).unwrap();
-    let (msgs, expected, persona) = simulate(&f, 240.0);
+    let Sim {
+        msgs,
+        expected,
+        persona,
+    } = simulate(&f, 240.0);
     let want = |p: Persona| -> &'static [&'static str] {
         match p {
             Persona::CurfewViolator => &["curfew_violation"],

@@ -111,33 +111,9 @@ pub async fn run(
     let listen_stop = CancellationToken::new();
 
     let alerts = Arc::new(Mutex::new(listen::Alerts::default()));
-    let mut listeners = Vec::new();
-    if opts.check_alerts {
-        let (u, pw) = opts
-            .broker
-            .listener
-            .clone()
-            .map(|(u, p)| (Some(u), Some(p)))
-            .unwrap_or((opts.broker.username.clone(), opts.broker.password.clone()));
-        let mut o = mqtt_options(
-            &opts.broker,
-            format!("{}-alerts", opts.client_id),
-            None,
-            100,
-        );
-        if let Some(u) = u {
-            o.set_credentials(u, pw.unwrap_or_default());
-        }
-        let h = listen::alert_handler(by_id.clone(), rings.clone(), stats.clone(), alerts.clone());
-        let filter = format!("{}em/v1/alerts/+", opts.prefix);
-        listeners.push(listen::subscribe(o, filter, listen_stop.clone(), h).await?);
-    }
-    if opts.drain {
-        let o = mqtt_options(&opts.broker, format!("{}-drain", opts.client_id), None, 100);
-        let filter = format!("{}em/v1/devices/+/telemetry", opts.prefix);
-        let h = listen::drain_handler(stats.clone());
-        listeners.push(listen::subscribe(o, filter, listen_stop.clone(), h).await?);
-    }
+    let handler =
+        listen::alert_handler(by_id.clone(), rings.clone(), stats.clone(), alerts.clone());
+    let listeners = start_listeners(opts, handler, stats.clone(), listen_stop.clone()).await?;
 
     // Simulated time must never run ahead of the wall clock: the server
     // refuses fixes from its future.
@@ -232,39 +208,7 @@ pub async fn run(
     let sent = Stats::get(&stats.sent);
     let fixes_sent = Stats::get(&stats.fixes);
 
-    // Settle: PUBACKs, then stored fixes, then a moment for the last alerts.
-    let deadline = Instant::now() + opts.settle;
-    while Stats::get(&stats.acked) < sent && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut stored = None;
-    if let Some(rb) = &opts.readback {
-        loop {
-            match rb.stored(&ids, boot).await {
-                Ok(n) => {
-                    stored = Some(n);
-                    if n >= fixes_sent || Instant::now() >= deadline {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read back stored fixes");
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-    if opts.drain {
-        while Stats::get(&stats.drained) < sent && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    if opts.check_alerts {
-        tokio::time::sleep(Duration::from_secs(3).min(opts.settle)).await;
-    }
+    let stored = settle(opts, &stats, &ids, boot, sent, fixes_sent).await;
     let end_wall = Utc::now().timestamp_millis();
     done.cancel();
     listen_stop.cancel();
@@ -339,6 +283,72 @@ pub async fn run(
         alerts.unreadable,
         samples,
     ))
+}
+
+/// Subscribes the alert listener and/or the drain subscriber; returns once
+/// the broker granted them, so nothing published afterwards is missed.
+async fn start_listeners(
+    opts: &RunOptions,
+    alert_handler: impl FnMut(&[u8], &str) + Send + 'static,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut listeners = Vec::new();
+    if opts.check_alerts {
+        let b = &opts.broker;
+        let mut o = mqtt_options(b, format!("{}-alerts", opts.client_id), None, 100);
+        if let Some((u, pw)) = &b.listener {
+            o.set_credentials(u.clone(), pw.clone());
+        }
+        let filter = format!("{}em/v1/alerts/+", opts.prefix);
+        listeners.push(listen::subscribe(o, filter, stop.clone(), alert_handler).await?);
+    }
+    if opts.drain {
+        let o = mqtt_options(&opts.broker, format!("{}-drain", opts.client_id), None, 100);
+        let filter = format!("{}em/v1/devices/+/telemetry", opts.prefix);
+        listeners.push(listen::subscribe(o, filter, stop, listen::drain_handler(stats)).await?);
+    }
+    Ok(listeners)
+}
+
+/// After the load: waits (at most `opts.settle`) for the PUBACKs, then for
+/// the fixes to be stored (or drained), then a moment for the last alerts.
+/// Returns the fixes found stored, when the database is read back.
+async fn settle(
+    opts: &RunOptions,
+    stats: &Stats,
+    ids: &[String],
+    boot: u64,
+    sent: u64,
+    fixes_sent: u64,
+) -> Option<u64> {
+    let deadline = Instant::now() + opts.settle;
+    let pause = || tokio::time::sleep(Duration::from_millis(100));
+    while Stats::get(&stats.acked) < sent && Instant::now() < deadline {
+        pause().await;
+    }
+    let mut stored = None;
+    if let Some(rb) = opts.readback.as_ref().filter(|r| r.counts_stored()) {
+        loop {
+            match rb.stored(ids, boot).await {
+                Ok(n) => stored = Some(n),
+                Err(e) => tracing::warn!(error = %e, "cannot read back stored fixes"),
+            }
+            if stored.is_some_and(|n| n >= fixes_sent) || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    if opts.drain {
+        while Stats::get(&stats.drained) < sent && Instant::now() < deadline {
+            pause().await;
+        }
+    }
+    if opts.check_alerts {
+        tokio::time::sleep(Duration::from_secs(3).min(opts.settle)).await;
+    }
+    stored
 }
 
 /// RFC 3339, seconds.
