@@ -50,9 +50,48 @@ struct Truth {
     dark: Option<(i64, i64)>,
     /// Wall clock of the last message (or of provisioning), ms.
     last_wall: i64,
+    /// A message has been sent.
+    heard: bool,
 }
 
 impl Truth {
+    /// Ends a stretch of messages without a usable position: gps_loss
+    /// after `need` ms of it (the server counts on the messages' own time,
+    /// from the first such message; the first message past the threshold
+    /// decides, at most an interval later).
+    fn close_dark(&mut self, need: i64, interval: i64) {
+        if let Some((a, b)) = self.dark.take() {
+            if b - a >= need - interval {
+                self.gps_loss.push(Episode {
+                    kind: "gps_loss",
+                    first_ms: a,
+                    last_ms: b,
+                    must: b - a >= need + interval,
+                    ambiguous: false,
+                    decided_ms: Some(a + need + interval),
+                });
+            }
+        }
+    }
+
+    /// Silence from the last message until wall clock `until`: no_signal
+    /// when it exceeds `threshold`. The watchdog ticks every second and a
+    /// message counts as heard once committed: a few seconds either way
+    /// are optional, and so is any silence that is not `certain`.
+    fn silence(&mut self, until: i64, threshold: i64, certain: bool) {
+        let gap = until - self.last_wall;
+        if gap >= threshold - 2_000 {
+            self.no_signal.push(Episode {
+                kind: "no_signal",
+                first_ms: self.last_wall,
+                last_ms: until,
+                must: certain && gap >= threshold + 4_000,
+                ambiguous: false,
+                decided_ms: None,
+            });
+        }
+    }
+
     fn new(p: &FleetParams, provisioned_wall_ms: i64) -> Truth {
         let c = p.server.confirm_fixes;
         Truth {
@@ -69,6 +108,7 @@ impl Truth {
             no_signal: Tracker::new("no_signal", 1, 1),
             dark: None,
             last_wall: provisioned_wall_ms,
+            heard: false,
         }
     }
 }
@@ -109,9 +149,10 @@ pub struct DeviceSim {
     server: crate::fleet::ServerRules,
     interval_ms: i64,
     truth: Option<Truth>,
-    /// Fixes handed out for publishing that the server should store
-    /// (victims' fixes are used for proximity only).
-    pub fixes_to_store: u64,
+    /// Offset of this device's messages within the interval, ms.
+    pub phase_ms: i64,
+    /// Events that happened while out of coverage, sent with the backlog.
+    buffered_events: Vec<Event>,
 }
 
 /// What one tick's fix looked like, for the ground truth.
@@ -142,8 +183,15 @@ impl DeviceSim {
         out
     }
 
-    fn base(p: &FleetParams, d: &SimDevice, id: String, traj: Trajectory, boot: u64) -> DeviceSim {
-        let mut rng = noise_stream(p.seed, d.idx);
+    fn base(
+        p: &FleetParams,
+        d: &SimDevice,
+        id: String,
+        traj: Trajectory,
+        boot: u64,
+        victim: bool,
+    ) -> DeviceSim {
+        let mut rng = noise_stream(p.seed, d.idx, victim);
         let noise = (rng.sample(StandardNormal), rng.sample(StandardNormal));
         DeviceSim {
             id,
@@ -177,7 +225,8 @@ impl DeviceSim {
             server: p.server.clone(),
             interval_ms: i64::from(p.interval_s) * 1000,
             truth: None,
-            fixes_to_store: 0,
+            phase_ms: d.phase_ms,
+            buffered_events: Vec::new(),
         }
     }
 
@@ -193,6 +242,7 @@ impl DeviceSim {
             d.device_id.clone(),
             Trajectory::build(d.visits(p)),
             boot,
+            false,
         );
         s.truth = Some(Truth::new(p, provisioned_wall_ms));
         s
@@ -204,8 +254,12 @@ impl DeviceSim {
             place: home,
             kind: PlaceKind::Home,
         }];
-        let mut s = DeviceSim::base(p, d, id.to_string(), Trajectory::build(stay), boot);
+        let mut s = DeviceSim::base(p, d, id.to_string(), Trajectory::build(stay), boot, true);
         s.is_victim = true;
+        // Reports just before its pair (whose phase is at least 1 s), so the
+        // server holds a fresh victim position when the supervisee's fix
+        // is evaluated.
+        s.phase_ms = (d.phase_ms - 1000).max(0);
         s.persona = Persona::Compliant;
         s.skew_ms = 0;
         s.offline = None;
@@ -216,14 +270,10 @@ impl DeviceSim {
         s
     }
 
-    /// Offset of this device's messages within the interval, ms.
-    pub fn phase_ms(fleet: &Fleet, idx: usize) -> i64 {
-        fleet.devices[idx].phase_ms
-    }
-
-    /// The tick at true time `t_ms` (sent at wall clock `wall_ms`): appends
-    /// the messages to publish now — none while offline or dead, several
-    /// when reconnecting with a backlog.
+    /// The tick at true time `t_ms`, sent at wall clock `wall_ms` (the
+    /// actual send time: the server's no_signal counts from when it hears a
+    /// device): appends the messages to publish now — none while offline or
+    /// dead, several when reconnecting with a backlog.
     pub fn tick(&mut self, t_ms: i64, wall_ms: i64, out: &mut Vec<Telemetry>) {
         if self.dead {
             return;
@@ -284,7 +334,7 @@ impl DeviceSim {
             };
             events.push(Event { ts_ms: dev_t, kind });
         }
-        self.beacon = Some(at_home);
+        let prev_beacon = self.beacon.replace(at_home);
 
         // Fixes over the interval ending now.
         let gnss_lost = within(self.garage) && now.place == Some(PlaceKind::Garage);
@@ -347,27 +397,29 @@ impl DeviceSim {
 
         // The ground truth sees everything in true-time order, whether or
         // not it is sent now.
-        self.observe(&truths, &status, at_home, dev_t, gnss_lost);
+        self.observe(&truths, &status, (prev_beacon, at_home), dev_t, gnss_lost);
 
         if within(self.offline) {
             self.buffer.extend(fixes);
+            self.buffered_events.extend(events);
             return;
         }
         self.observe_send(wall_ms);
-        let n = fixes.len() as u64;
         out.push(self.message(fixes, Some(status), events));
-        if !self.is_victim {
-            self.fixes_to_store += n;
-        }
         if !self.buffer.is_empty() {
             // Reconnected: the backlog goes out newest chunk first, so it
-            // arrives both late and out of order.
+            // arrives both late and out of order; the events of the outage
+            // ride with the oldest fixes.
             let backlog = std::mem::take(&mut self.buffer);
-            for chunk in backlog.chunks(UPLOAD_CHUNK).rev() {
-                if !self.is_victim {
-                    self.fixes_to_store += chunk.len() as u64;
-                }
-                out.push(self.message(chunk.to_vec(), None, Vec::new()));
+            let mut events = std::mem::take(&mut self.buffered_events);
+            let chunks: Vec<&[Fix]> = backlog.chunks(UPLOAD_CHUNK).collect();
+            for (i, chunk) in chunks.iter().enumerate().rev() {
+                let ev = if i == 0 {
+                    std::mem::take(&mut events)
+                } else {
+                    Vec::new()
+                };
+                out.push(self.message(chunk.to_vec(), None, ev));
             }
         }
     }
@@ -393,10 +445,11 @@ impl DeviceSim {
         &mut self,
         fixes: &[FixTruth],
         status: &Status,
-        at_home: bool,
+        (prev_beacon, at_home): (Option<bool>, bool),
         dev_t: i64,
         gnss_lost: bool,
     ) {
+        let proximity_reliable = self.interval_ms <= 240_000;
         let (home, excl, victim, tz) = (self.home, self.exclusion, self.victim_home, self.tz);
         let usable_acc = 200.0;
         let Some(t) = self.truth.as_mut() else {
@@ -410,7 +463,15 @@ impl DeviceSim {
             let out_depth = f.pos.linf(P::new(0.0, 0.0)) - COUNTY_HALF_M;
             t.inclusion
                 .observe(f.ts, classify(out_depth, f.noise + FRAME_SLACK_M, f.acc));
-            let curfew = if !curfew_active(&tz, f.ts) || at_home {
+            // The server learns of the beacon from this message's events,
+            // dated now: the fixes taken earlier in the interval are judged
+            // with the beacon it knew before.
+            let beacon = if f.ts < dev_t {
+                prev_beacon.unwrap_or(at_home)
+            } else {
+                at_home
+            };
+            let curfew = if !curfew_active(&tz, f.ts) || beacon {
                 Class::Good
             } else {
                 classify(f.pos.dist(home) - HOME_R_M, f.noise, f.acc)
@@ -421,14 +482,20 @@ impl DeviceSim {
                 let margin = f.noise + CLIP * SIGMA_IN + 5.0;
                 let d = f.pos.dist(v);
                 let c = if d < VICTIM_ENTER_M - margin {
-                    Class::Bad
+                    // The server compares with a victim position at most
+                    // 5 min old: with longer intervals that is luck.
+                    if proximity_reliable {
+                        Class::Bad
+                    } else {
+                        Class::Unsure
+                    }
                 } else if d > VICTIM_EXIT_M + margin {
                     Class::Good
                 } else if d < VICTIM_ENTER_M + margin {
                     Class::Unsure
                 } else {
-                    // Between the enter and exit distances: the server holds
-                    // whatever state it has; extend an open run only.
+                    // Between the enter and exit distances the server holds
+                    // whatever state it has: no observation.
                     continue;
                 };
                 t.victim.observe(f.ts, c);
@@ -461,18 +528,7 @@ impl DeviceSim {
         let ts = fixes.last().map_or(dev_t, |f| f.ts);
         let need = i64::from(s.gps_loss_s) * 1000;
         if usable {
-            if let Some((a, b)) = t.dark.take() {
-                let len = b - a;
-                if len >= need - self.interval_ms {
-                    t.gps_loss.push(Episode {
-                        kind: "gps_loss",
-                        first_ms: a,
-                        last_ms: b,
-                        must: len >= need + self.interval_ms,
-                        ambiguous: false,
-                    });
-                }
-            }
+            t.close_dark(need, self.interval_ms);
         } else {
             let d = t.dark.get_or_insert((ts, ts));
             d.1 = ts;
@@ -485,19 +541,12 @@ impl DeviceSim {
         let Some(t) = self.truth.as_mut() else {
             return;
         };
-        let gap = wall_ms - t.last_wall;
-        // The watchdog ticks every second and the message must be
-        // committed before it counts as heard: a few seconds of slack.
-        if gap >= threshold - 2_000 {
-            t.no_signal.push(Episode {
-                kind: "no_signal",
-                first_ms: t.last_wall,
-                last_ms: wall_ms,
-                must: gap >= threshold + 4_000,
-                ambiguous: false,
-            });
-        }
+        // Before the first message, silence counts from when the server
+        // first saw the assignment, which the simulator only brackets.
+        let certain = t.heard;
+        t.silence(wall_ms, threshold, certain);
         t.last_wall = wall_ms;
+        t.heard = true;
     }
 
     /// Ends the run at wall clock `end_wall_ms` (when the simulator stopped
@@ -511,28 +560,12 @@ impl DeviceSim {
         let Some(mut t) = self.truth.take() else {
             return Vec::new();
         };
-        if let Some((a, b)) = t.dark.take() {
-            if b - a >= need - interval {
-                t.gps_loss.push(Episode {
-                    kind: "gps_loss",
-                    first_ms: a,
-                    last_ms: b,
-                    must: b - a >= need + interval,
-                    ambiguous: false,
-                });
-            }
-        }
+        t.close_dark(need, interval);
+        // Every device falls silent when the load ends; only a tag that died
+        // mid-run must have been reported by the time we stop listening (a
+        // server still catching up hears the others later than scheduled).
         let threshold = interval * i64::from(self.server.no_signal_intervals);
-        let gap = end_wall_ms - t.last_wall;
-        if gap >= threshold - 2_000 {
-            t.no_signal.push(Episode {
-                kind: "no_signal",
-                first_ms: t.last_wall,
-                last_ms: end_wall_ms,
-                must: gap >= threshold + 4_000,
-                ambiguous: false,
-            });
-        }
+        t.silence(end_wall_ms, threshold, self.dead);
         let mut out = Vec::new();
         for tr in [
             t.exclusion,

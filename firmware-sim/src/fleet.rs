@@ -35,6 +35,8 @@ pub const VICTIM_ENTER_M: f64 = 500.0;
 pub const VICTIM_EXIT_M: f64 = 750.0;
 /// Curfew, local wall clock, every day.
 pub const CURFEW: (u32, u32) = (21, 7);
+/// Longest simulated window.
+pub const MAX_SPAN_MS: i64 = 366 * 86_400_000;
 /// Assignments start here: fixed, so re-running a fleet re-uses the same
 /// assignment rows instead of overlapping them (the server forbids overlaps).
 pub const ASSIGNED_FROM: &str = "2020-01-01T00:00:00Z";
@@ -97,6 +99,59 @@ pub struct FleetParams {
 }
 
 impl FleetParams {
+    /// Checks every parameter, so a bad flag or a hand-edited fleet file
+    /// gets a clear error instead of a hang or an overflow.
+    pub fn validate(&self) -> Result<(), FleetError> {
+        let bad = |m: String| Err(FleetError::Invalid(m));
+        if !(1..=1_000_000).contains(&self.devices) {
+            return bad("--devices must be 1..=1000000".into());
+        }
+        if self.time_zone.parse::<Tz>().is_err() {
+            return bad(format!(
+                "unknown time zone {:?} (an IANA name such as America/New_York)",
+                self.time_zone
+            ));
+        }
+        if !(1..=86_400).contains(&self.interval_s) {
+            return bad("--interval must be 1..=86400 s".into());
+        }
+        // A fix at most every second, and a message well under the
+        // broker's 128 KiB packet limit (JSON is ~100 bytes per fix).
+        if !(1..=1000).contains(&self.fixes_per_message) || self.fixes_per_message > self.interval_s
+        {
+            return bad(
+                "--fixes-per-message must be 1..=1000 and at most --interval (one fix per second)"
+                    .into(),
+            );
+        }
+        if !(1..=MAX_SPAN_MS).contains(&self.span_ms) {
+            return bad(format!(
+                "the simulated window must last between 1 ms and 366 days (duration × speed), not {} s",
+                self.span_ms / 1000
+            ));
+        }
+        if !(946_684_800_000..=4_102_444_800_000).contains(&self.start_ms) {
+            return bad("the simulated window must start between 2000 and 2100".into());
+        }
+        let f = &self.frame;
+        if !(f.lat0.abs() <= 80.0 && f.lon0.abs() <= 179.0) {
+            return bad("the centre must be within |lat| ≤ 80, |lon| ≤ 179".into());
+        }
+        let p = &self.id_prefix;
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if p.is_empty()
+            || p.len() > 40
+            || !p.chars().all(ok_char)
+            || !p.starts_with(|c: char| c.is_ascii_alphanumeric())
+        {
+            return bad(format!(
+                "--id-prefix {p:?}: 1–40 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit \
+                 (device ids are MQTT topic segments)"
+            ));
+        }
+        Ok(())
+    }
+
     /// The time zone (validated when the fleet is generated).
     pub fn tz(&self) -> Tz {
         self.time_zone.parse().unwrap_or(chrono_tz::UTC)
@@ -185,6 +240,7 @@ const SALT_PERSONAS: u64 = 1;
 const SALT_LAYOUT: u64 = 2;
 const SALT_DAYS: u64 = 3;
 const SALT_NOISE: u64 = 4;
+const SALT_VICTIM_NOISE: u64 = 5;
 
 fn stream(seed: u64, idx: usize, salt: u64) -> ChaCha8Rng {
     // SplitMix-style mixing so neighbouring indices get unrelated streams.
@@ -194,9 +250,18 @@ fn stream(seed: u64, idx: usize, salt: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(z ^ (z >> 31))
 }
 
-/// Random stream for a device's movement noise (used by the device model).
-pub fn noise_stream(seed: u64, idx: usize) -> ChaCha8Rng {
-    stream(seed, idx, SALT_NOISE)
+/// Random stream for a device's position noise (used by the device model);
+/// a victim's device has its own, so its errors are not its pair's.
+pub fn noise_stream(seed: u64, idx: usize, victim: bool) -> ChaCha8Rng {
+    stream(
+        seed,
+        idx,
+        if victim {
+            SALT_VICTIM_NOISE
+        } else {
+            SALT_NOISE
+        },
+    )
 }
 
 fn around(rng: &mut ChaCha8Rng, c: P, half: f64) -> P {
@@ -206,26 +271,7 @@ fn around(rng: &mut ChaCha8Rng, c: P, half: f64) -> P {
 impl Fleet {
     /// Generates the fleet.
     pub fn generate(params: FleetParams) -> Result<Fleet, FleetError> {
-        if params.devices == 0 {
-            return Err(FleetError::Invalid("--devices must be at least 1".into()));
-        }
-        if params.time_zone.parse::<Tz>().is_err() {
-            return Err(FleetError::Invalid(format!(
-                "unknown time zone {:?} (an IANA name such as America/New_York)",
-                params.time_zone
-            )));
-        }
-        if !(1..=86_400).contains(&params.interval_s) {
-            return Err(FleetError::Invalid("--interval must be 1..=86400 s".into()));
-        }
-        if !(1..=2000).contains(&params.fixes_per_message) {
-            return Err(FleetError::Invalid(
-                "--fixes-per-message must be 1..=2000".into(),
-            ));
-        }
-        if params.span_ms <= 0 {
-            return Err(FleetError::Invalid("the simulated window is empty".into()));
-        }
+        params.validate()?;
         let mut personas = params.mix.assign(params.devices);
         personas.shuffle(&mut stream(params.seed, usize::MAX, SALT_PERSONAS));
         let devices = personas
@@ -252,10 +298,22 @@ impl Fleet {
             path: path.into(),
             source,
         })?;
-        serde_json::from_reader(std::io::BufReader::new(f)).map_err(|source| FleetError::Parse {
-            path: path.into(),
-            source,
-        })
+        let fleet: Fleet =
+            serde_json::from_reader(std::io::BufReader::new(f)).map_err(|source| {
+                FleetError::Parse {
+                    path: path.into(),
+                    source,
+                }
+            })?;
+        fleet.params.validate()?;
+        if fleet.devices.len() != fleet.params.devices
+            || fleet.devices.iter().enumerate().any(|(i, d)| d.idx != i)
+        {
+            return Err(FleetError::Invalid(format!(
+                "{path}: the device list does not match the fleet's parameters"
+            )));
+        }
+        Ok(fleet)
     }
 
     /// The scenario that ends every assignment of the fleet at `at`:
@@ -397,7 +455,12 @@ impl SimDevice {
             outside,
             victim,
             skew_ms,
-            phase_ms: rng.random_range(0..i64::from(p.interval_s) * 1000),
+            // At least 1 s into the interval: the paired victim's device reports
+            // 1 s ahead of its supervisee, so the server has a fresh victim
+            // position when the supervisee's fix arrives.
+            phase_ms: rng.random_range(
+                1000.min(i64::from(p.interval_s) * 500)..i64::from(p.interval_s) * 1000,
+            ),
             battery0,
             drain_pct_h,
             incident_ms,
@@ -585,36 +648,32 @@ pub fn curfew_active(tz: &Tz, ts_ms: i64) -> bool {
 
 /// The simulated window `(start_ms, span_ms)` of a run lasting
 /// `duration_s` real seconds at `speed` simulated seconds per second,
-/// starting about now: real time starts now; an accelerated run replays a
-/// window that ends before the run does ([`place_window`]).
+/// starting about now. Real time (speed ≤ 1) starts now. An accelerated run
+/// replays a window that ends no later than the run does: simulated time
+/// `start + speed × r` must stay behind the wall clock `now + r` for every
+/// `r` up to the duration, which holds when the window *ends* by
+/// `now + duration` (10 s spare for start-up) — see [`place_window`].
 pub fn window(tz: &Tz, now: DateTime<Utc>, speed: f64, duration_s: f64) -> (i64, i64) {
     let span_ms = (duration_s * speed * 1000.0) as i64;
     if speed <= 1.0 {
         return (now.timestamp_millis(), span_ms);
     }
-    // By the end of the run simulated time has gained (speed − 1) × duration
-    // on the wall clock; 10 s spare covers provisioning and start-up.
-    let ahead = ((speed - 1.0) * duration_s * 1000.0) as i64 + 10_000;
-    (
-        place_window(tz, now - Duration::milliseconds(ahead), span_ms),
-        span_ms,
-    )
+    let latest_end = now + Duration::milliseconds((duration_s * 1000.0) as i64 - 10_000);
+    (place_window(tz, latest_end, span_ms), span_ms)
 }
 
-/// Chooses the simulated window for an accelerated run: it must end no
-/// later than `limit` (so no timestamp is ever in the server's future) and,
-/// when shorter than a day, is placed so the curfew's 21:00 start falls at
-/// 60 % of it — that is where the curfew persona has something to break.
-/// Longer windows start at noon local.
-pub fn place_window(tz: &Tz, limit: DateTime<Utc>, span_ms: i64) -> i64 {
-    let anchor_frac = if span_ms < 86_400_000 { 0.6 } else { 0.0 };
+/// Chooses the start of an accelerated run's window, which must end no
+/// later than `latest_end`. A window shorter than a day is placed so the
+/// curfew's 21:00 start falls at 60 % of it — that is where the curfew
+/// persona has something to break; a longer one starts at noon local.
+pub fn place_window(tz: &Tz, latest_end: DateTime<Utc>, span_ms: i64) -> i64 {
     let (h, offset) = if span_ms < 86_400_000 {
-        (CURFEW.0, (span_ms as f64 * anchor_frac) as i64)
+        (CURFEW.0, (span_ms as f64 * 0.6) as i64)
     } else {
         (12, 0)
     };
-    let latest_start = limit.timestamp_millis() - span_ms;
-    let mut day = limit.with_timezone(tz).date_naive();
+    let latest_start = latest_end.timestamp_millis() - span_ms;
+    let mut day = latest_end.with_timezone(tz).date_naive();
     for _ in 0..4 {
         if let Some(a) = local_ms(tz, day, h, 0) {
             let s = a - offset;
@@ -689,6 +748,21 @@ mod tests {
             .unwrap()
             .with_timezone(&tz);
         assert_eq!(chrono::Timelike::hour(&at60), 21);
+    }
+
+    #[test]
+    fn accelerated_windows_never_run_ahead_of_the_wall_clock() {
+        let tz: Tz = "America/New_York".parse().unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 11, 26, 15, 0, 0).unwrap();
+        for (speed, dur) in [(1.0, 600.0), (60.0, 60.0), (240.0, 30.0), (2000.0, 100.0)] {
+            let (s, span) = window(&tz, now, speed, dur);
+            assert_eq!(span, (speed * dur * 1000.0) as i64);
+            // Simulated time at real second r is s + speed·r; the wall clock is now + r.
+            for i in 0..=100 {
+                let r = dur * 1000.0 * f64::from(i) / 100.0;
+                assert!(s as f64 + speed * r <= now.timestamp_millis() as f64 + r + 1.0);
+            }
+        }
     }
 
     #[test]

@@ -34,7 +34,7 @@ enum Cmd {
     Generate {
         #[command(flatten)]
         fleet: FleetArgs,
-        /// Fleet file to write (reload it with `run --fleet`).
+        /// Fleet file to write (reload it with `run --fleet-file`).
         #[arg(long)]
         save_fleet: PathBuf,
         /// Also write the Waypoint scenario (`waypoint scenario load` format).
@@ -78,9 +78,13 @@ struct FleetArgs {
     /// IANA time zone of the supervisees (curfews are local).
     #[arg(long, default_value = "America/New_York")]
     time_zone: String,
-    /// Prefix of every id the fleet provisions.
-    #[arg(long, default_value = "sim-")]
-    id_prefix: String,
+    /// Prefix of every id the fleet provisions. Default: `sim<run tag>-`,
+    /// new for every run, because the server judges a device's fixes on its
+    /// own timeline and a replay of an earlier window with the same ids
+    /// would arrive "late". Give a fixed prefix (and --start) to reproduce
+    /// a run byte for byte.
+    #[arg(long)]
+    id_prefix: Option<String>,
     /// Real seconds the load runs.
     #[arg(long, default_value_t = 60.0)]
     duration: f64,
@@ -195,6 +199,18 @@ struct RunArgs {
     no_progress: bool,
 }
 
+/// `sim<base-36 of the current second>-`: a short prefix new for every run.
+fn run_tag() -> String {
+    let mut n = chrono::Utc::now().timestamp().max(0) as u64;
+    let mut tag = Vec::new();
+    while n > 0 {
+        tag.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+        n /= 36;
+    }
+    tag.reverse();
+    format!("sim{}-", String::from_utf8_lossy(&tag))
+}
+
 fn parse_center(s: &str) -> Result<(f64, f64), String> {
     let (a, b) = s.split_once(',').ok_or("expected lat,lon")?;
     let lat: f64 = a.trim().parse().map_err(|_| "latitude is not a number")?;
@@ -209,7 +225,11 @@ impl FleetArgs {
     /// Builds the fleet and returns it with the acceleration to run it at.
     fn build(&self) -> anyhow::Result<(Fleet, f64)> {
         let mix = self.mix.clone().unwrap_or_default();
-        anyhow::ensure!(self.duration > 0.0, "--duration must be positive");
+        anyhow::ensure!(
+            self.duration > 0.0 && self.duration.is_finite(),
+            "--duration must be a positive number of seconds"
+        );
+        anyhow::ensure!(self.devices >= 1, "--devices must be at least 1");
         let victims = mix
             .assign(self.devices)
             .iter()
@@ -250,7 +270,7 @@ impl FleetArgs {
                 lon0: self.center.1,
             },
             time_zone: self.time_zone.clone(),
-            id_prefix: self.id_prefix.clone(),
+            id_prefix: self.id_prefix.clone().unwrap_or_else(run_tag),
             start_ms,
             span_ms,
             server: ServerRules {
@@ -291,9 +311,21 @@ fn broker(a: &RunArgs) -> anyhow::Result<Broker> {
 
 async fn run(a: RunArgs) -> anyhow::Result<bool> {
     let broker = broker(&a)?;
+    anyhow::ensure!(
+        a.settle.is_finite() && a.settle >= 0.0,
+        "--settle must be a number of seconds"
+    );
+    anyhow::ensure!(
+        (1..=30_000).contains(&a.connections),
+        "--connections must be 1..=30000 (one host has ~28k ephemeral ports)"
+    );
     let (fleet, speed) = match &a.fleet_file {
         Some(f) => {
             let fleet = Fleet::load(&f.display().to_string())?;
+            anyhow::ensure!(
+                a.fleet.duration > 0.0 && a.fleet.duration.is_finite(),
+                "--duration must be a positive number of seconds"
+            );
             let speed = fleet.params.span_ms as f64 / 1000.0 / a.fleet.duration;
             (fleet, speed)
         }

@@ -22,7 +22,7 @@ pub enum Persona {
     /// Never charges: battery low, critical, then the tag dies (silence).
     BatteryNeglect,
     /// Loses cellular coverage (buffers fixes, uploads them late and out of
-    /// order on reconnect), later loses GNSS in a garage (status without fixes).
+    /// order on reconnect), later loses GNSS in a garage (coarse cell positions only).
     CoverageLoss,
     /// Device clock runs behind by minutes; otherwise compliant.
     ClockSkew,

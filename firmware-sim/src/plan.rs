@@ -172,7 +172,7 @@ impl Trajectory {
     }
 
     /// When the person arrives at the first visit of `kind` at or after
-    /// `from_ms` (used by the ground truth and tests).
+    /// `from_ms`.
     pub fn arrival(&self, kind: PlaceKind, from_ms: i64) -> Option<i64> {
         self.segs.iter().find_map(|s| match s {
             Seg::Stay { t0, kind: k, .. } if *k == kind && *t0 >= from_ms => Some(*t0),

@@ -54,6 +54,8 @@ pub struct LoadSummary {
     pub behind_schedule: u64,
     /// Connection errors (each followed by a reconnect).
     pub connection_errors: u64,
+    /// Reconnects on which the broker had lost the session (in-flight publishes dropped).
+    pub sessions_lost: u64,
     /// MQTT connections.
     pub connections: u64,
     /// Fixes sent that the server should store.
@@ -134,6 +136,12 @@ impl Report {
                     v.total_missed()
                 ));
             }
+            if v.total_slow() > 0 {
+                failures.push(format!(
+                    "{} alerts were decided later than their rule's debounce allows",
+                    v.total_slow()
+                ));
+            }
             if v.total_unexpected() > 0 {
                 failures.push(format!(
                     "{} alerts were raised that the ground truth does not explain",
@@ -182,8 +190,8 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "broker    {} PUBACKs, {} missing, {} connection errors",
-            l.acked, l.puback_missing, l.connection_errors
+            "broker    {} PUBACKs, {} missing, {} connection errors, {} sessions lost",
+            l.acked, l.puback_missing, l.connection_errors, l.sessions_lost
         );
         match (l.fixes_stored, l.drained) {
             (Some(st), _) => {
@@ -216,14 +224,28 @@ impl Report {
             let _ = writeln!(s, "alerts    {}", lat(&self.alert_latency));
             let _ = writeln!(
                 s,
-                "\n{:<22} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
-                "kind", "expected", "optional", "raised", "detected", "missed", "unexpected"
+                "\n{:<22} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>5}",
+                "kind",
+                "expected",
+                "optional",
+                "raised",
+                "detected",
+                "missed",
+                "unexpected",
+                "slow"
             );
             for (k, kv) in &v.kinds {
                 let _ = writeln!(
                     s,
-                    "{:<22} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
-                    k, kv.expected, kv.optional, kv.raised, kv.detected, kv.missed, kv.unexpected
+                    "{:<22} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>5}",
+                    k,
+                    kv.expected,
+                    kv.optional,
+                    kv.raised,
+                    kv.detected,
+                    kv.missed,
+                    kv.unexpected,
+                    kv.slow
                 );
             }
             for (d, e) in &v.missed {
@@ -243,6 +265,16 @@ impl Report {
                     a.kind,
                     a.alert_id,
                     crate::run::fmt_ms(a.started_ms)
+                );
+            }
+            for a in &v.slow {
+                let _ = writeln!(
+                    s,
+                    "slow        {} {} alert {} decided by evidence at {}",
+                    a.device_id,
+                    a.kind,
+                    a.alert_id,
+                    a.evidence_ms.map(crate::run::fmt_ms).unwrap_or_default()
                 );
             }
         }

@@ -52,6 +52,9 @@ pub struct Episode {
     pub must: bool,
     /// Some observations were within the margin (more than one alert is acceptable).
     pub ambiguous: bool,
+    /// Time of the observation that made the run expected: the server's
+    /// alert must not be decided by a later one (its `last_evidence_at`).
+    pub decided_ms: Option<i64>,
 }
 
 /// Debounced run tracker for one rule of one device.
@@ -92,6 +95,7 @@ impl Tracker {
                 last_ms: ts,
                 must: false,
                 ambiguous: false,
+                decided_ms: None,
             })
             .last_ms = ts;
         };
@@ -101,8 +105,9 @@ impl Tracker {
                 self.bad += 1;
                 run(&mut self.open);
                 if self.bad >= self.confirm {
-                    if let Some(r) = self.open.as_mut() {
+                    if let Some(r) = self.open.as_mut().filter(|r| !r.must) {
                         r.must = true;
+                        r.decided_ms = Some(ts);
                     }
                 }
             }
@@ -171,6 +176,8 @@ pub struct Observed {
     pub started_ms: i64,
     /// Raised as a late (finished) episode.
     pub late: bool,
+    /// Alert's `last_evidence_at` when raised (the deciding observation), epoch ms.
+    pub evidence_ms: Option<i64>,
     /// From the publish of the deciding message to arrival, ms (if known).
     pub latency_ms: Option<f64>,
 }
@@ -190,6 +197,9 @@ pub struct KindVerdict {
     pub missed: u64,
     /// Alerts matching no run (or duplicating a clear-cut one).
     pub unexpected: u64,
+    /// Alerts for expected runs decided later than the ground truth's
+    /// deciding observation allows (debounce slower than configured).
+    pub slow: u64,
 }
 
 /// The comparison for the whole run.
@@ -201,6 +211,8 @@ pub struct Verdict {
     pub missed: Vec<(String, Episode)>,
     /// A sample of unexpected alerts.
     pub unexpected: Vec<Observed>,
+    /// A sample of slow alerts.
+    pub slow: Vec<Observed>,
 }
 
 impl Verdict {
@@ -212,18 +224,25 @@ impl Verdict {
     pub fn total_unexpected(&self) -> u64 {
         self.kinds.values().map(|k| k.unexpected).sum()
     }
+    /// Alerts decided later than they should have been, over all kinds.
+    pub fn total_slow(&self) -> u64 {
+        self.kinds.values().map(|k| k.slow).sum()
+    }
 }
 
 const SAMPLE: usize = 20;
 
 /// Matches received alerts to runs. An alert matches a run of its device
 /// and kind when its `started_at` lies within the run widened by `slack_ms`
-/// (`slack_wall_ms` for no_signal, whose times are server wall clock).
+/// (`slack_wall_ms` for no_signal, whose times are server wall clock). An
+/// alert for an expected run is *slow* when its deciding evidence is later
+/// than the run's deciding observation plus `decide_slack_ms`.
 pub fn check(
     episodes: &HashMap<String, Vec<Episode>>,
     alerts: &[Observed],
     slack_ms: i64,
     slack_wall_ms: i64,
+    decide_slack_ms: i64,
 ) -> Verdict {
     let mut v = Verdict::default();
     for k in KINDS {
@@ -246,7 +265,18 @@ pub fn check(
             })
         });
         match found {
-            Some(i) => *hits.entry((a.device_id.as_str(), i)).or_default() += 1,
+            Some(i) => {
+                *hits.entry((a.device_id.as_str(), i)).or_default() += 1;
+                let e = &episodes[&a.device_id][i];
+                let late = e.must
+                    && matches!((e.decided_ms, a.evidence_ms), (Some(d), Some(ev)) if ev > d + decide_slack_ms);
+                if late {
+                    kv.slow += 1;
+                    if v.slow.len() < SAMPLE {
+                        v.slow.push(a.clone());
+                    }
+                }
+            }
             None => {
                 kv.unexpected += 1;
                 if v.unexpected.len() < SAMPLE {
@@ -314,6 +344,7 @@ mod tests {
             last_ms,
             must,
             ambiguous: false,
+            decided_ms: Some(first_ms),
         };
         let mut eps = HashMap::new();
         eps.insert(
@@ -333,6 +364,7 @@ mod tests {
             alert_id: started_ms,
             started_ms,
             late: false,
+            evidence_ms: Some(started_ms),
             latency_ms: None,
         };
         let alerts = vec![
@@ -341,7 +373,7 @@ mod tests {
             obs("d1", "battery_low", 1000),  // nothing injected
             obs("d2", "curfew_violation", 50), // optional: fine
         ];
-        let v = check(&eps, &alerts, 10, 10);
+        let v = check(&eps, &alerts, 10, 10, 1000);
         assert_eq!(v.kinds["strap_tamper"].detected, 1);
         assert_eq!(v.kinds["strap_tamper"].unexpected, 1);
         assert_eq!(v.kinds["gps_loss"].missed, 1);
@@ -349,5 +381,13 @@ mod tests {
         assert_eq!(v.kinds["curfew_violation"].unexpected, 0);
         assert_eq!(v.kinds["curfew_violation"].optional, 1);
         assert_eq!((v.total_missed(), v.total_unexpected()), (1, 2));
+        // Raised, but decided 3 s after the truth's deciding observation.
+        let mut slow = obs("d1", "gps_loss", 5000);
+        slow.evidence_ms = Some(8000);
+        let v = check(&eps, &[slow], 10, 10, 1000);
+        assert_eq!(
+            (v.kinds["gps_loss"].detected, v.kinds["gps_loss"].slow),
+            (1, 1)
+        );
     }
 }

@@ -52,7 +52,7 @@ fn simulate(fleet: &Fleet, speed: f64) -> Sim {
     loop {
         let mut any = false;
         for d in devs.iter_mut() {
-            let t = p.start_ms + DeviceSim::phase_ms(fleet, d.idx) + k * interval;
+            let t = p.start_ms + d.phase_ms + k * interval;
             if t >= p.start_ms + p.span_ms {
                 continue;
             }
@@ -187,11 +187,20 @@ fn personas_produce_their_violations() {
         !a.is_empty() && !b.is_empty() && b[0].ts_ms < a[0].ts_ms
     });
     assert!(backlog, "no out-of-order upload");
-    // Clock skew: timestamps behind true time, never ahead.
+    // Clock skew: the device clock runs behind true time by a constant.
     let skew = f
         .devices
         .iter()
         .find(|d| d.persona == Persona::ClockSkew)
         .unwrap();
     assert!(skew.skew_ms >= 60_000);
+    let last = msgs
+        .iter()
+        .filter(|m| m.device == skew.device_id)
+        .flat_map(|m| m.fixes.iter().map(|x| x.ts_ms))
+        .max()
+        .unwrap();
+    let p = &f.params;
+    assert!(last <= p.start_ms + p.span_ms - skew.skew_ms);
+    assert!(last > p.start_ms + p.span_ms - skew.skew_ms - i64::from(p.interval_s) * 1000);
 }

@@ -169,13 +169,15 @@ pub async fn run<S: Store>(
             };
             let interval = snap.report_interval(dev);
             let threshold = interval * rules.cfg.no_signal_intervals.min(10_000) as i32;
-            // Never heard: silent since it was assigned, but a device is not
-            // blamed for silence before the server knew of the assignment
-            // (recorded retroactively) nor while it could not hear.
+            // Silent since its last message or, for this wearer, since the
+            // assignment; but a device is not blamed for silence before the
+            // server knew of the assignment (recorded retroactively, or a
+            // tag handed to a new wearer after lying unused), nor while the
+            // server could not hear.
             let monitored = first_seen
                 .get(&(dev, assigned))
                 .map_or(assigned, |f| assigned.max(*f));
-            let silent_from = seen.unwrap_or(monitored).max(since);
+            let silent_from = seen.map_or(monitored, |s| s.max(monitored)).max(since);
             if now - silent_from < threshold {
                 continue;
             }

@@ -33,15 +33,44 @@ struct AlertBody {
     late: bool,
 }
 
-/// Connects, subscribes, and returns once the broker granted the
-/// subscription (so nothing published afterwards can be missed), with the
-/// task that keeps receiving until `stop` fires.
+/// Connects and disconnects once: a clear error up front when the broker
+/// is unreachable or refuses the credentials, instead of a load that
+/// blocks on a dead connection.
+pub async fn probe(options: MqttOptions) -> anyhow::Result<()> {
+    let addr = format!(
+        "{}:{}",
+        options.broker_address().0,
+        options.broker_address().1
+    );
+    let (client, mut el) = AsyncClient::new(options, 4);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, el.poll()).await {
+            Err(_) => anyhow::bail!("no answer from the broker at {addr} within 10 s"),
+            Ok(Err(e)) => anyhow::bail!("cannot connect to the broker at {addr}: {e}"),
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => break,
+            Ok(Ok(_)) => {}
+        }
+    }
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;
+    Ok(())
+}
+
+/// Connects with a persistent session (so a reconnect during the run
+/// loses no alert: the broker keeps the subscription and queues for us),
+/// subscribes, and returns once the broker granted the subscription, with
+/// the task that keeps receiving until `stop` fires. The task ends by
+/// removing the session from the broker, so nothing piles up for a
+/// listener that is gone.
 pub async fn subscribe(
-    options: MqttOptions,
+    mut options: MqttOptions,
     filter: String,
     stop: CancellationToken,
     mut on_publish: impl FnMut(&[u8], &str) + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    options.set_clean_session(false);
+    let forget = options.clone();
     let (client, mut el) = AsyncClient::new(options, 64);
     client.subscribe(filter.clone(), QoS::AtLeastOnce).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -63,10 +92,9 @@ pub async fn subscribe(
         }
     }
     Ok(tokio::spawn(async move {
-        let _client = client;
         loop {
             let ev = tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => break,
                 ev = el.poll() => ev,
             };
             match ev {
@@ -78,7 +106,28 @@ pub async fn subscribe(
                 }
             }
         }
+        let _ = client.disconnect().await;
+        forget_session(forget).await;
     }))
+}
+
+/// Ends a persistent session: a clean-session connect under the same
+/// client id makes the broker discard it.
+async fn forget_session(mut options: MqttOptions) {
+    options.set_clean_session(true);
+    let (client, mut el) = AsyncClient::new(options, 4);
+    let wipe = async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+        let _ = client.disconnect().await;
+        let _ = el.poll().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), wipe).await;
 }
 
 /// Alerts received for this fleet, de-duplicated per alert (first `raised`).
@@ -133,6 +182,7 @@ pub fn alert_handler(
             alert_id: ev.alert_id,
             started_ms: ev.alert.started_at.timestamp_millis(),
             late: ev.alert.late,
+            evidence_ms: ev.alert.last_evidence_at.map(|t| t.timestamp_millis()),
             latency_ms,
         });
     }

@@ -80,7 +80,9 @@ fn mqtt_options(b: &Broker, client_id: String, user: Option<&str>, inflight: u16
     let mut o = MqttOptions::new(client_id, b.host.clone(), b.port);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_inflight(inflight.max(1));
-    o.set_clean_session(true);
+    // Persistent session: after a reconnect the client re-sends what was
+    // in flight instead of dropping it (the broker still knows our session).
+    o.set_clean_session(false);
     o.set_max_packet_size(256 * 1024, 256 * 1024);
     if let Some(u) = user.or(b.username.as_deref()) {
         o.set_credentials(u, b.password.clone().unwrap_or_default());
@@ -96,6 +98,34 @@ pub async fn run(
     stop: CancellationToken,
 ) -> anyhow::Result<Report> {
     let p = &fleet.params;
+    // Simulated time must never run ahead of the wall clock: the server
+    // refuses fixes from its future. Checked before anything starts.
+    let start_delay = Duration::from_millis(300);
+    let w0_ms = Utc::now().timestamp_millis() + start_delay.as_millis() as i64;
+    let real_ms = p.span_ms as f64 / opts.speed;
+    if !(opts.speed > 0.0 && real_ms.is_finite()) {
+        anyhow::bail!(
+            "the acceleration must be a positive number, not {}",
+            opts.speed
+        );
+    }
+    if p.start_ms > w0_ms || p.start_ms as f64 + p.span_ms as f64 > w0_ms as f64 + real_ms + 1.0 {
+        anyhow::bail!(
+            "the simulated window {} → {} would run ahead of the wall clock during a run \
+             from {} to {}: choose an earlier --start or a lower --speed",
+            fmt_ms(p.start_ms),
+            fmt_ms(p.start_ms + p.span_ms),
+            fmt_ms(w0_ms),
+            fmt_ms(w0_ms + real_ms as i64)
+        );
+    }
+    listen::probe(mqtt_options(
+        &opts.broker,
+        format!("{}-probe", opts.client_id),
+        None,
+        10,
+    ))
+    .await?;
     let provisioned_ms = Utc::now().timestamp_millis();
     let boot = (provisioned_ms / 1000) as u64;
     let devices = DeviceSim::fleet(fleet, boot, provisioned_ms);
@@ -108,29 +138,20 @@ pub async fn run(
     );
     let rings: Arc<Vec<Mutex<Sent>>> = Arc::new(ids.iter().map(|_| Mutex::default()).collect());
     let stats = Arc::new(Stats::new());
+    // Dropped on every return path, so no listener or connection task
+    // outlives the run (the server's demo runs fleets in-process).
     let listen_stop = CancellationToken::new();
+    let _listen_guard = listen_stop.clone().drop_guard();
+    let done = CancellationToken::new();
+    let _done_guard = done.clone().drop_guard();
 
     let alerts = Arc::new(Mutex::new(listen::Alerts::default()));
     let handler =
         listen::alert_handler(by_id.clone(), rings.clone(), stats.clone(), alerts.clone());
     let listeners = start_listeners(opts, handler, stats.clone(), listen_stop.clone()).await?;
 
-    // Simulated time must never run ahead of the wall clock: the server
-    // refuses fixes from its future.
-    let start_delay = Duration::from_millis(300);
-    let w0_ms = Utc::now().timestamp_millis() + start_delay.as_millis() as i64;
-    let real_ms = p.span_ms as f64 / opts.speed;
-    if p.start_ms as f64 + p.span_ms as f64 > w0_ms as f64 + real_ms + 1.0 {
-        anyhow::bail!(
-            "the simulated window would run ahead of the wall clock (it ends at {} but the run \
-             ends at {}): choose an earlier --start or a lower --speed",
-            fmt_ms(p.start_ms + p.span_ms),
-            fmt_ms(w0_ms + real_ms as i64)
-        );
-    }
     let pacing = Pacing {
         r0: Instant::now() + start_delay,
-        w0_ms,
         s0_ms: p.start_ms,
         span_ms: p.span_ms,
         speed: opts.speed,
@@ -139,18 +160,26 @@ pub async fn run(
 
     // Spread devices over the connections round-robin: with as many
     // connections as devices, each device has its own (and may log in as
-    // itself, as a per-device broker ACL expects).
-    let n_conn = opts.connections.clamp(1, devices.len().max(1));
+    // itself, as a per-device broker ACL expects, which it must then do).
+    let n_conn = if opts.broker.device_usernames {
+        devices.len()
+    } else {
+        opts.connections.clamp(1, devices.len().max(1))
+    };
+    // A device needs only a few publishes in flight: keep the client's
+    // per-connection state small when there are thousands of connections.
+    let inflight = opts
+        .inflight
+        .min((200_000 / n_conn.max(1)).clamp(10, 65_535) as u16);
     let mut shares: Vec<Vec<Slot>> = (0..n_conn).map(|_| Vec::new()).collect();
     for (ring, dev) in devices.into_iter().enumerate() {
-        let phase_ms = DeviceSim::phase_ms(fleet, dev.idx);
+        let phase_ms = dev.phase_ms;
         shares[ring % n_conn].push(Slot {
             dev,
             phase_ms,
             ring,
         });
     }
-    let done = CancellationToken::new();
     let mut conns = Vec::new();
     for (c, share) in shares.into_iter().enumerate() {
         if share.is_empty() {
@@ -165,7 +194,7 @@ pub async fn run(
                 &opts.broker,
                 format!("{}-{c}", opts.client_id),
                 user.as_deref(),
-                opts.inflight,
+                inflight,
             ),
             prefix: opts.prefix.clone(),
             encoding: opts.encoding,
@@ -228,9 +257,16 @@ pub async fn run(
     }
     let alerts = std::mem::take(&mut *alerts.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     let interval_ms = i64::from(p.interval_s) * 1000;
-    let verdict = opts
-        .check_alerts
-        .then(|| truth::check(&episodes, &alerts.list, 2 * interval_ms + 5_000, 10_000));
+    let verdict = opts.check_alerts.then(|| {
+        let fix_ms = p.fix_interval_ms();
+        truth::check(
+            &episodes,
+            &alerts.list,
+            2 * interval_ms + 5_000,
+            10_000,
+            fix_ms + 1_000,
+        )
+    });
 
     let acked = Stats::get(&stats.acked);
     let puback = stats
@@ -270,6 +306,7 @@ pub async fn run(
             puback_missing: sent.saturating_sub(acked),
             behind_schedule: Stats::get(&stats.behind),
             connection_errors: Stats::get(&stats.conn_errors),
+            sessions_lost: Stats::get(&stats.sessions_lost),
             connections: n_conn as u64,
             fixes_sent,
             fixes_stored: stored,
@@ -337,7 +374,8 @@ async fn settle(
             if stored.is_some_and(|n| n >= fixes_sent) || Instant::now() >= deadline {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            // A count over this run's fixes is not free: once a second.
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
     if opts.drain {

@@ -27,8 +27,6 @@ use crate::encode::{telemetry_topic, Encoding};
 pub struct Pacing {
     /// Real instant of simulated `s0_ms`.
     pub r0: Instant,
-    /// Wall clock at `r0`, epoch ms.
-    pub w0_ms: i64,
     /// Start of the simulated window, epoch ms.
     pub s0_ms: i64,
     /// Length of the simulated window, ms.
@@ -44,10 +42,6 @@ impl Pacing {
     pub fn due(&self, t_ms: i64) -> Instant {
         self.r0
             + Duration::from_secs_f64(((t_ms - self.s0_ms) as f64 / self.speed / 1000.0).max(0.0))
-    }
-    /// Wall clock (epoch ms) at which simulated time `t_ms` is due.
-    pub fn wall_ms(&self, t_ms: i64) -> i64 {
-        self.w0_ms + ((t_ms - self.s0_ms) as f64 / self.speed) as i64
     }
 }
 
@@ -115,7 +109,8 @@ pub async fn run(
             if stop.is_cancelled() {
                 break 'rounds;
             }
-            slot.dev.tick(t, pacing.wall_ms(t), &mut out);
+            slot.dev
+                .tick(t, chrono::Utc::now().timestamp_millis(), &mut out);
             for m in out.drain(..) {
                 m.encode(spec.encoding, &mut buf);
                 let span = m
@@ -130,14 +125,18 @@ pub async fn run(
                 if let Ok(mut q) = scheduled.lock() {
                     q.push_back(due);
                 }
-                let res = client
-                    .publish_bytes(
-                        topics[i].clone(),
-                        QoS::AtLeastOnce,
-                        false,
-                        Bytes::copy_from_slice(&buf),
-                    )
-                    .await;
+                let publish = client.publish_bytes(
+                    topics[i].clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    Bytes::copy_from_slice(&buf),
+                );
+                // A publish waits when the client's queue is full (a stalled
+                // broker): Ctrl-C must still end the run.
+                let res = tokio::select! {
+                    _ = stop.cancelled() => break 'rounds,
+                    r = publish => r,
+                };
                 if res.is_err() {
                     // The event loop is gone (shutdown): nothing more can be sent.
                     break 'rounds;
@@ -173,6 +172,7 @@ async fn poll(
     done: CancellationToken,
 ) {
     let mut inflight: HashMap<u16, Instant> = HashMap::new();
+    let mut connected = false;
     loop {
         let ev = tokio::select! {
             _ = done.cancelled() => return,
@@ -180,14 +180,24 @@ async fn poll(
         };
         match ev {
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                // A retransmission after a reconnect reuses its packet id and
-                // was already matched.
+                // A retransmission after a reconnect (persistent session)
+                // reuses its packet id and was already matched.
                 if inflight.contains_key(&pkid) {
                     continue;
                 }
                 if let Some(at) = scheduled.lock().ok().and_then(|mut q| q.pop_front()) {
                     inflight.insert(pkid, at);
                 }
+            }
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                // With our persistent session the client re-sends what was
+                // in flight; if the broker lost the session, the client
+                // dropped it instead, and those publishes stay unacknowledged.
+                if connected && !ack.session_present {
+                    stats.sessions_lost.fetch_add(1, Ordering::Relaxed);
+                    inflight.clear();
+                }
+                connected = true;
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
                 if let Some(at) = inflight.remove(&ack.pkid) {

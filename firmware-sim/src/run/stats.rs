@@ -49,6 +49,9 @@ pub struct Stats {
     pub behind: AtomicU64,
     /// Connection errors seen (the client reconnects).
     pub conn_errors: AtomicU64,
+    /// Reconnects on which the broker had lost our session: the client
+    /// dropped the publishes in flight, which then count as unacknowledged.
+    pub sessions_lost: AtomicU64,
     /// Messages delivered to the drain subscriber (broker-only runs).
     pub drained: AtomicU64,
     /// Distinct alerts received for this fleet.
@@ -68,6 +71,7 @@ impl Stats {
             acked: AtomicU64::new(0),
             behind: AtomicU64::new(0),
             conn_errors: AtomicU64::new(0),
+            sessions_lost: AtomicU64::new(0),
             drained: AtomicU64::new(0),
             alerts: AtomicU64::new(0),
             puback: Mutex::new(Hists::new()),
@@ -95,7 +99,8 @@ pub struct Sample {
     pub sent_per_s: f64,
     /// PUBACKs per second.
     pub acked_per_s: f64,
-    /// Messages drained (broker-only) or fixes stored (Waypoint) per second, if measured.
+    /// Messages drained (broker-only run) or acknowledged by Waypoint (from
+    /// its metrics) per second, if measured.
     pub delivered_per_s: Option<f64>,
     /// Sent but not yet delivered/stored, if measured.
     pub lag: Option<i64>,
@@ -146,7 +151,7 @@ impl Percentiles {
 /// publish of the message holding the fix (or report) that decided it.
 #[derive(Debug, Default)]
 pub struct Sent {
-    ring: [(i64, i64, Option<Instant>); 16],
+    ring: [(i64, i64, Option<Instant>); 8],
     next: usize,
 }
 
