@@ -840,3 +840,106 @@ async fn a_device_provisioned_on_a_long_running_server_gets_a_full_threshold_bef
     );
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_heard_long_ago_and_handed_to_a_new_wearer_gets_a_full_threshold_before_no_signal() {
+    let db = TestDb::new().await;
+    let start = Utc::now();
+    let mut s = scenario("tag-11");
+    s.supervisees.push(waypoint::scenario::SuperviseeSpec {
+        case_ref: "C-200".into(),
+        name: None,
+        time_zone: "Europe/London".into(),
+        officer: None,
+    });
+    db.store().apply_scenario(&s, "test").await.unwrap();
+    let clock = Arc::new(ManualClock::new(start));
+    let mut opts = ServerOpts::new(&db);
+    opts.clock = clock.clone();
+    let srv = start_server(&opts).await;
+    let publ = Publisher::connect().await;
+    let topic = native_topic(&opts.prefix, "tag-11");
+
+    // Worn by C-100 (assignment A) and heard once.
+    publ.publish(
+        &topic,
+        at("tag-11", 1, start - TimeDelta::seconds(5), 500.0),
+    )
+    .await;
+    wait_for("1 ack", WAIT, || async {
+        srv.metrics.messages_acked.get() >= 1
+    })
+    .await;
+
+    // Handed back 10 s later (A closed in place), then the tag lies unused
+    // for 30 days (threshold: 10 s × 3): nobody wears it, so no alert.
+    let handed_back = start + TimeDelta::seconds(10);
+    s.assignments[0].to = Some(handed_back);
+    db.store().apply_scenario(&s, "test").await.unwrap();
+    wait_for("assignment A closed", Duration::from_secs(5), || async {
+        srv.rules
+            .snapshot()
+            .worn_at(handed_back + TimeDelta::seconds(1))
+            .next()
+            .is_none()
+    })
+    .await;
+    clock.advance(TimeDelta::days(30));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(alerts(&db).await.is_empty(), "an unworn tag is not watched");
+
+    // Handed to C-200 (assignment B), recorded retroactively: B starts a
+    // day after the hand-back, 29 days before the server learns of it.
+    let provisioned = clock_now(&clock);
+    s.assignments.push(waypoint::scenario::AssignmentSpec {
+        device: "tag-11".into(),
+        supervisee: "C-200".into(),
+        from: handed_back + TimeDelta::days(1),
+        to: None,
+    });
+    db.store().apply_scenario(&s, "test").await.unwrap();
+    wait_for("assignment B in force", Duration::from_secs(5), || async {
+        srv.rules.snapshot().worn_at(provisioned).next().is_some()
+    })
+    .await;
+    // A couple of watchdog ticks see B before time moves on.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        alerts(&db).await.is_empty(),
+        "blamed for silence since its last message under the previous wearer"
+    );
+    clock.advance(TimeDelta::seconds(25));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        alerts(&db).await.is_empty(),
+        "less than a threshold since the new wearer was provisioned"
+    );
+
+    clock.advance(TimeDelta::seconds(10));
+    wait_for("no_signal for the new wearer", WAIT, || async {
+        alerts(&db).await.iter().any(|a| a.kind == "no_signal")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let a = alerts(&db).await;
+    assert_eq!(a.len(), 1, "raised once: {a:?}");
+    assert_eq!(
+        (
+            a[0].kind.as_str(),
+            a[0].device_id.as_str(),
+            a[0].case_ref.as_deref()
+        ),
+        ("no_signal", "tag-11", Some("C-200"))
+    );
+    assert!(
+        a[0].started_at >= provisioned,
+        "silence counted from provisioning, not from the old message: {}",
+        a[0].started_at
+    );
+    assert!(
+        a[0].explanation.starts_with("No message since"),
+        "{}",
+        a[0].explanation
+    );
+    srv.stop().await;
+}
