@@ -397,9 +397,17 @@ impl DeviceSim {
 
         // The ground truth sees everything in true-time order, whether or
         // not it is sent now.
-        self.observe(&truths, &status, (prev_beacon, at_home), dev_t, gnss_lost);
+        let offline = within(self.offline);
+        self.observe(
+            &truths,
+            &status,
+            (prev_beacon, at_home),
+            dev_t,
+            gnss_lost,
+            offline,
+        );
 
-        if within(self.offline) {
+        if offline {
             self.buffer.extend(fixes);
             self.buffered_events.extend(events);
             return;
@@ -448,8 +456,19 @@ impl DeviceSim {
         (prev_beacon, at_home): (Option<bool>, bool),
         dev_t: i64,
         gnss_lost: bool,
+        offline: bool,
     ) {
         let proximity_reliable = self.interval_ms <= 240_000;
+        // Fixes taken out of coverage reach the server late, in chunks it
+        // judges on their own (one late alert per chunk that passes the
+        // debounce), or never if the run ends first: optional.
+        let seen = |c: Class| {
+            if offline && c == Class::Bad {
+                Class::Unsure
+            } else {
+                c
+            }
+        };
         let (home, excl, victim, tz) = (self.home, self.exclusion, self.victim_home, self.tz);
         let usable_acc = 200.0;
         let Some(t) = self.truth.as_mut() else {
@@ -458,11 +477,13 @@ impl DeviceSim {
         for f in fixes {
             t.exclusion.observe(
                 f.ts,
-                classify(EXCLUSION_R_M - f.pos.dist(excl), f.noise, f.acc),
+                seen(classify(EXCLUSION_R_M - f.pos.dist(excl), f.noise, f.acc)),
             );
             let out_depth = f.pos.linf(P::new(0.0, 0.0)) - COUNTY_HALF_M;
-            t.inclusion
-                .observe(f.ts, classify(out_depth, f.noise + FRAME_SLACK_M, f.acc));
+            t.inclusion.observe(
+                f.ts,
+                seen(classify(out_depth, f.noise + FRAME_SLACK_M, f.acc)),
+            );
             // The server learns of the beacon from this message's events,
             // dated now: the fixes taken earlier in the interval are judged
             // with the beacon it knew before.
@@ -476,7 +497,7 @@ impl DeviceSim {
             } else {
                 classify(f.pos.dist(home) - HOME_R_M, f.noise, f.acc)
             };
-            t.curfew.observe(f.ts, curfew);
+            t.curfew.observe(f.ts, seen(curfew));
             if let Some(v) = victim {
                 // The victim's own fix is noisy too (indoor, clipped).
                 let margin = f.noise + CLIP * SIGMA_IN + 5.0;
@@ -498,8 +519,12 @@ impl DeviceSim {
                     // whatever state it has: no observation.
                     continue;
                 };
-                t.victim.observe(f.ts, c);
+                t.victim.observe(f.ts, seen(c));
             }
+        }
+        if offline {
+            // No status or message reaches the server meanwhile.
+            return;
         }
         let s = &self.server;
         t.strap.observe(
