@@ -197,6 +197,12 @@ impl Metrics {
             m.mqtt_connects.clone(),
         );
         registry.register(
+            "messages_deferred",
+            "QoS 1 publishes left unacked for redelivery because their shard queue was full \
+             (a broker exceeding Receive Maximum)",
+            m.deferred.clone(),
+        );
+        registry.register(
             "qos0_dropped",
             "QoS 0 publishes dropped on a full queue",
             m.qos0_dropped.clone(),

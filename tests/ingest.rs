@@ -123,6 +123,11 @@ async fn every_published_fix_is_stored_exactly_once() {
     assert!(body.contains(r#"waypoint_messages_rejected_total{reason="seq_conflict"} 2"#));
     assert!(body.contains("waypoint_commit_seconds_bucket"));
     assert!(body.contains("waypoint_oldest_unacked_seconds"));
+    // A broker exceeding Receive Maximum shows here (BENCHMARKS.md).
+    assert!(
+        body.contains("waypoint_messages_deferred_total 0"),
+        "{body}"
+    );
     assert_eq!(http_get(srv.http_addr, "/healthz").await.0, 200);
     assert_eq!(http_get(srv.http_addr, "/readyz").await.0, 200);
     srv.stop().await;
