@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// How long a running server may take to apply a loaded scenario.
+pub const APPLY_WAIT: Duration = Duration::from_secs(2);
+
 /// Provisioning failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
@@ -51,7 +54,8 @@ impl Provisioner {
             .unwrap_or_else(|| PathBuf::from("waypoint"))
     }
 
-    /// Writes `scenario` to a temporary file and loads it; returns how long it took.
+    /// Writes `scenario` to a temporary file and loads it, then gives running
+    /// servers [`APPLY_WAIT`] to apply it; returns how long it all took.
     pub async fn load(&self, scenario: &Value) -> Result<Duration, ProvisionError> {
         let path = std::env::temp_dir().join(format!(
             "firmware-sim-{}-{}.json",
@@ -84,6 +88,10 @@ impl Provisioner {
                 err.trim().chars().take(2000).collect(),
             ));
         }
+        // Running servers apply a committed scenario within a second
+        // (LISTEN/NOTIFY, docs/scenario.md). Publishing before that would
+        // have, e.g., victims' fixes stored as a supervisee's.
+        tokio::time::sleep(APPLY_WAIT).await;
         Ok(t.elapsed())
     }
 }
