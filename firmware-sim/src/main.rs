@@ -229,7 +229,10 @@ impl FleetArgs {
             self.duration > 0.0 && self.duration.is_finite(),
             "--duration must be a positive number of seconds"
         );
-        anyhow::ensure!(self.devices >= 1, "--devices must be at least 1");
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&self.devices),
+            "--devices must be 1..=1000000"
+        );
         let victims = mix
             .assign(self.devices)
             .iter()
@@ -247,6 +250,10 @@ impl FleetArgs {
         anyhow::ensure!(
             speed > 0.0 && speed.is_finite(),
             "the acceleration must be positive"
+        );
+        anyhow::ensure!(
+            speed * self.duration * 1000.0 <= firmware_sim::fleet::MAX_SPAN_MS as f64,
+            "--duration × speed must stay within 366 days of simulated time"
         );
         let tz: chrono_tz::Tz = self
             .time_zone
