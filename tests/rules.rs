@@ -803,26 +803,12 @@ async fn a_device_provisioned_on_a_long_running_server_gets_a_full_threshold_bef
     )
     .await;
     // A couple of watchdog ticks see the assignment before time moves on.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(
-        alerts(&db).await.is_empty(),
-        "blamed for silence before the server knew of the assignment"
-    );
-    clock.advance(TimeDelta::seconds(25));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(
-        alerts(&db).await.is_empty(),
-        "less than a threshold since provisioning"
-    );
-
-    clock.advance(TimeDelta::seconds(10));
-    wait_for("no_signal for the new silent tag", WAIT, || async {
-        alerts(&db).await.iter().any(|a| a.kind == "no_signal")
-    })
+    let a = expect_no_signal_after_full_threshold(
+        &db,
+        &clock,
+        "blamed for silence before the server knew of the assignment",
+    )
     .await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let a = alerts(&db).await;
-    assert_eq!(a.len(), 1, "raised once: {a:?}");
     assert_eq!(
         (a[0].kind.as_str(), a[0].device_id.as_str()),
         ("no_signal", "tag-10")
@@ -903,26 +889,12 @@ async fn a_tag_heard_long_ago_and_handed_to_a_new_wearer_gets_a_full_threshold_b
     })
     .await;
     // A couple of watchdog ticks see B before time moves on.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(
-        alerts(&db).await.is_empty(),
-        "blamed for silence since its last message under the previous wearer"
-    );
-    clock.advance(TimeDelta::seconds(25));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(
-        alerts(&db).await.is_empty(),
-        "less than a threshold since the new wearer was provisioned"
-    );
-
-    clock.advance(TimeDelta::seconds(10));
-    wait_for("no_signal for the new wearer", WAIT, || async {
-        alerts(&db).await.iter().any(|a| a.kind == "no_signal")
-    })
+    let a = expect_no_signal_after_full_threshold(
+        &db,
+        &clock,
+        "blamed for silence since its last message under the previous wearer",
+    )
     .await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let a = alerts(&db).await;
-    assert_eq!(a.len(), 1, "raised once: {a:?}");
     assert_eq!(
         (
             a[0].kind.as_str(),
@@ -942,4 +914,32 @@ async fn a_tag_heard_long_ago_and_handed_to_a_new_wearer_gets_a_full_threshold_b
         a[0].explanation
     );
     srv.stop().await;
+}
+
+/// With a 30 s no_signal threshold (10 s interval × 3) counted from now on
+/// `clock`: no alert after a couple of watchdog ticks (`early` says why one
+/// would be wrong), none 25 s on, then exactly one once 35 s have passed.
+/// Returns the alerts for the caller's own checks.
+async fn expect_no_signal_after_full_threshold(
+    db: &TestDb,
+    clock: &ManualClock,
+    early: &str,
+) -> Vec<waypoint::store::AlertRecord> {
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(alerts(db).await.is_empty(), "{early}");
+    clock.advance(TimeDelta::seconds(25));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        alerts(db).await.is_empty(),
+        "less than a threshold since provisioning"
+    );
+    clock.advance(TimeDelta::seconds(10));
+    wait_for("no_signal once the threshold has passed", WAIT, || async {
+        alerts(db).await.iter().any(|a| a.kind == "no_signal")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let a = alerts(db).await;
+    assert_eq!(a.len(), 1, "raised once: {a:?}");
+    a
 }
