@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::alerts::outbox::{self, Outbox};
+use crate::api::{self, escalation, ApiState};
 use crate::clock::SharedClock;
 use crate::config::AppConfig;
 use crate::directory::Directory;
@@ -150,11 +151,26 @@ pub async fn start<S: Store>(
         source,
     })?;
     let mqtt_status = Arc::new(MqttStatus::default());
-    let ops = http::router(OpsState {
+    let mut ops = http::router(OpsState {
         metrics: metrics.clone(),
         store: store.clone(),
         mqtt: mqtt_status.clone(),
     });
+    if let (Some(api_cfg), Some(pool)) = (cfg.api.clone(), store.officer_api_pool()) {
+        let state = ApiState {
+            pool,
+            outbox: outbox.clone(),
+            clock: clock.clone(),
+            cfg: Arc::new(api_cfg),
+        };
+        tracker.spawn(escalation::run(state.clone(), stopped.clone()));
+        tracker.spawn(crate::store::postgres::watch_alert_log(
+            state.pool.clone(),
+            outbox.clone(),
+            stopped.clone(),
+        ));
+        ops = ops.merge(api::router(state));
+    }
     tracker.spawn({
         let stopped = stopped.clone();
         async move {

@@ -39,7 +39,14 @@ pub enum Command {
         #[command(subcommand)]
         cmd: ScenarioCmd,
     },
-    /// List alerts and record officers' decisions (until the officer API exists).
+    /// Issue and revoke officer API tokens.
+    Tokens {
+        /// Token action.
+        #[command(subcommand)]
+        cmd: TokensCmd,
+    },
+    /// List alerts and record officers' decisions from the shell (the
+    /// officer API is the primary interface).
     Alerts {
         /// Alert action.
         #[command(subcommand)]
@@ -62,6 +69,38 @@ pub enum ScenarioCmd {
     Check {
         /// Path to the JSON file.
         file: std::path::PathBuf,
+    },
+}
+
+/// `waypoint tokens ...`
+#[derive(Debug, Subcommand)]
+pub enum TokensCmd {
+    /// Create a token and print it once (only its hash is stored).
+    Create {
+        /// officer, supervisor, admin or auditor.
+        #[arg(long)]
+        role: String,
+        /// The officer the token acts for (required for officer and
+        /// supervisor; must exist and be active).
+        #[arg(long)]
+        officer: Option<String>,
+        /// A label to recognise it by.
+        #[arg(long)]
+        label: Option<String>,
+        /// Expires after this many days (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+        /// Database.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Revoke a token by id; it stops working at once.
+    Revoke {
+        /// Token id (printed by `create`).
+        token_id: i64,
+        /// Database.
+        #[command(flatten)]
+        db: DbArgs,
     },
 }
 
@@ -241,6 +280,20 @@ pub struct ServeArgs {
     /// Publish the alert-event log on MQTT (`em/v1/alerts/{device}`).
     #[arg(long, env = "WAYPOINT_PUBLISH_ALERTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub publish_alerts: bool,
+    /// Escalate an alert nobody acknowledged after this long, by severity:
+    /// `critical=5m,high=15m,medium=1h,low=4h` (units s, m, h; `off` never).
+    #[arg(
+        long = "escalate-after",
+        env = "WAYPOINT_ESCALATE_AFTER",
+        value_delimiter = ','
+    )]
+    pub escalate_after: Vec<String>,
+    /// Group named on escalations when the officer has no supervisor.
+    #[arg(long, env = "WAYPOINT_ON_CALL_GROUP", default_value = "on-call")]
+    pub on_call_group: String,
+    /// Serve the officer API under /api/v1.
+    #[arg(long, env = "WAYPOINT_API", default_value_t = true, action = clap::ArgAction::Set)]
+    pub api: bool,
 }
 
 /// Bytes of headroom between the payload cap and the MQTT packet cap, for
@@ -274,9 +327,51 @@ pub struct AppConfig {
     pub rules: RulesConfig,
     /// Publish alert events on MQTT.
     pub publish_alerts: bool,
+    /// The officer API's tunables; `None` when it is switched off.
+    pub api: Option<crate::api::ApiConfig>,
+}
+
+/// Parses `5m`, `90s`, `1h` or `off`.
+fn parse_duration(v: &str) -> Result<Option<Duration>, String> {
+    if v == "off" {
+        return Ok(None);
+    }
+    let (num, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{v:?}: expected a number with s, m or h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{v:?}: unit must be s, m or h")),
+    };
+    if secs == 0 {
+        return Err(format!("{v:?}: must be positive (or off)"));
+    }
+    Ok(Some(Duration::from_secs(secs)))
 }
 
 impl ServeArgs {
+    fn api_config(&self) -> Result<Option<crate::api::ApiConfig>, ConfigError> {
+        if !self.api {
+            return Ok(None);
+        }
+        let mut c = crate::api::ApiConfig {
+            on_call_group: self.on_call_group.clone(),
+            ..Default::default()
+        };
+        for spec in &self.escalate_after {
+            let err = |e: String| ConfigError::Invalid(format!("--escalate-after: {e}"));
+            let (sev, dur) = spec
+                .split_once('=')
+                .ok_or_else(|| err(format!("expected severity=duration, got {spec:?}")))?;
+            let sev: crate::alerts::Severity = sev.parse().map_err(err)?;
+            c.escalate_after[sev as usize] = parse_duration(dur).map_err(err)?;
+        }
+        Ok(Some(c))
+    }
+
     /// Checks and converts the flags.
     pub fn to_config(&self) -> Result<AppConfig, ConfigError> {
         let bad = |s: String| ConfigError::Invalid(s);
@@ -348,6 +443,7 @@ impl ServeArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             rules,
             publish_alerts: self.publish_alerts,
+            api: self.api_config()?,
         })
     }
 }
@@ -389,6 +485,16 @@ mod tests {
         assert!(args(&["--battery-critical-pct", "30"])
             .unwrap_err()
             .contains("battery"));
+        assert!(args(&["--escalate-after", "critical=5x"])
+            .unwrap_err()
+            .contains("unit"));
+        assert!(args(&["--escalate-after", "urgent=5m"])
+            .unwrap_err()
+            .contains("severity"));
+        let c = args(&["--escalate-after", "critical=90s,low=off"]).unwrap();
+        let api = c.api.unwrap();
+        assert_eq!(api.escalate_after[0], Some(Duration::from_secs(90)));
+        assert_eq!(api.escalate_after[3], None);
         let c = args(&["--severity", "battery_low=high,no_signal=critical"]).unwrap();
         assert_eq!(
             c.rules.severities.of(crate::alerts::AlertKind::NoSignal),

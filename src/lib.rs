@@ -31,11 +31,14 @@
 //! - [`store`]: the storage interface and its PostgreSQL implementation.
 //! - [`directory`]: in-memory device enrollment, kept fresh by notifications.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`api`]: the officer API (`/api/v1`): caseloads, zones, alerts and
+//!   decisions, live alert stream, audit trail.
 //! - [`app`]: wiring and shutdown order; [`config`]: flags and env.
 //! - [`clock`]: the injectable clock; [`metrics`]: Prometheus registry.
 #![deny(missing_docs)]
 
 pub mod alerts;
+pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;

@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 use waypoint::alerts::OfficerAction;
 use waypoint::clock::{Clock, SystemClock};
-use waypoint::config::{AlertsCmd, Cli, Command, DbArgs, DevicesCmd, ScenarioCmd};
+use waypoint::config::{AlertsCmd, Cli, Command, DbArgs, DevicesCmd, ScenarioCmd, TokensCmd};
 use waypoint::domain::DeviceId;
 use waypoint::scenario::Scenario;
 use waypoint::store::postgres::PgStore;
@@ -51,6 +51,49 @@ async fn main() -> anyhow::Result<()> {
         Command::Devices { cmd } => devices(cmd).await?,
         Command::Scenario { cmd } => scenario(cmd).await?,
         Command::Alerts { cmd } => alerts(cmd).await?,
+        Command::Tokens { cmd } => tokens(cmd).await?,
+    }
+    Ok(())
+}
+
+async fn tokens(cmd: TokensCmd) -> anyhow::Result<()> {
+    use waypoint::api::auth::{self, Role};
+    match cmd {
+        TokensCmd::Create {
+            role,
+            officer,
+            label,
+            expires_in_days,
+            db,
+        } => {
+            let role = Role::parse(&role).with_context(|| {
+                format!("unknown role {role:?} (officer, supervisor, admin, auditor)")
+            })?;
+            let store = open(&db, 1).await?;
+            let expires =
+                expires_in_days.map(|d| SystemClock.now() + chrono::TimeDelta::days(i64::from(d)));
+            let t = auth::create_token(
+                store.pool(),
+                role,
+                officer.as_deref(),
+                label.as_deref(),
+                expires,
+            )
+            .await?;
+            eprintln!(
+                "token {} ({}) created; it is shown once and only its hash is stored:",
+                t.token_id,
+                role.as_str()
+            );
+            println!("{}", t.token);
+        }
+        TokensCmd::Revoke { token_id, db } => {
+            let store = open(&db, 1).await?;
+            if !auth::revoke_token(store.pool(), token_id).await? {
+                anyhow::bail!("no live token {token_id}");
+            }
+            println!("token {token_id} revoked");
+        }
     }
     Ok(())
 }

@@ -429,7 +429,8 @@ pub struct AlertEvent {
     pub event_id: i64,
     /// The alert.
     pub alert_id: i64,
-    /// `raised`, `updated`, `condition_ended`, `acknowledged`, `resolved`, `note`.
+    /// `raised`, `updated`, `condition_ended`, `acknowledged`, `resolved`, `note`,
+    /// `escalated`.
     pub event_type: String,
     /// Server time of the change.
     pub at: DateTime<Utc>,
@@ -437,6 +438,19 @@ pub struct AlertEvent {
     pub device_id: String,
     /// The alert as it stood after the change.
     pub alert: serde_json::Value,
+    /// Who may see it now: the supervisee's officer and that officer's
+    /// team (read with the entry; used by the live stream, never sent).
+    #[serde(skip)]
+    pub audience: Audience,
+}
+
+/// The officer responsible for an alert's supervisee, and their team.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Audience {
+    /// Officer reference.
+    pub officer_ref: Option<String>,
+    /// That officer's team.
+    pub team_id: Option<i64>,
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! make the tests fail loudly, never skip.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod broker;
 
 use std::future::Future;

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::classify;
-use crate::alerts::{AlertEvent, AlertKey, AlertOp, Evidence, OfficerAction, MAX_EVIDENCE};
+use crate::alerts::{
+    AlertEvent, AlertKey, AlertOp, Audience, Evidence, OfficerAction, MAX_EVIDENCE,
+};
 use crate::store::{
     ActionRecord, AlertFilter, AlertRecord, AlertWrites, CommitReport, StateRow, StoreError,
 };
@@ -352,7 +354,9 @@ async fn insert_evidence(
 
 /// Appends to the alert-event log. The counter row is locked until this
 /// transaction commits, so ids are handed out in commit order.
-async fn append_events(
+/// Appends entries to the alert-event log inside `conn`'s transaction
+/// (ids strictly in commit order; see migration 0002).
+pub(crate) async fn append_events(
     conn: &mut PgConnection,
     events: &[(i64, &'static str)],
     now: DateTime<Utc>,
@@ -467,14 +471,18 @@ pub(super) async fn load_states(
         .collect())
 }
 
-pub(super) async fn events_after(
+/// Log entries after `after`, oldest first, each with its current audience.
+pub(crate) async fn events_after(
     pool: &PgPool,
     after: i64,
     limit: i64,
 ) -> Result<Vec<AlertEvent>, StoreError> {
     let rows = sqlx::query(
-        "SELECT event_id, alert_id, event_type, at, payload FROM alert_events \
-         WHERE event_id > $1 ORDER BY event_id LIMIT $2",
+        "SELECT e.event_id, e.alert_id, e.event_type, e.at, e.payload, s.officer_ref, o.team_id \
+         FROM alert_events e JOIN alerts a ON a.alert_id = e.alert_id \
+         LEFT JOIN supervisees s ON s.supervisee_id = a.supervisee_id \
+         LEFT JOIN officers o ON o.officer_ref = s.officer_ref \
+         WHERE e.event_id > $1 ORDER BY e.event_id LIMIT $2",
     )
     .bind(after)
     .bind(limit)
@@ -492,6 +500,10 @@ pub(super) async fn events_after(
                 at: r.get("at"),
                 device_id: alert["device_id"].as_str().unwrap_or_default().to_owned(),
                 alert,
+                audience: Audience {
+                    officer_ref: r.get("officer_ref"),
+                    team_id: r.get("team_id"),
+                },
             }
         })
         .collect())
@@ -504,10 +516,24 @@ pub(super) async fn officer_action(
     action: &OfficerAction,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await.map_err(classify)?;
+    officer_action_in(&mut tx, alert_id, actor, action, at).await?;
+    tx.commit().await.map_err(classify)?;
+    Ok(())
+}
+
+/// [`officer_action`] inside the caller's transaction (the API writes its
+/// audit record in the same one).
+pub(crate) async fn officer_action_in(
+    tx: &mut PgConnection,
+    alert_id: i64,
+    actor: &str,
+    action: &OfficerAction,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
     action
         .validate(actor)
         .map_err(|e| StoreError::Invalid(e.to_string()))?;
-    let mut tx = pool.begin().await.map_err(classify)?;
     let status: Option<String> =
         sqlx::query_scalar("SELECT status FROM alerts WHERE alert_id = $1 FOR UPDATE")
             .bind(alert_id)
@@ -571,8 +597,7 @@ pub(super) async fn officer_action(
     .execute(&mut *tx)
     .await
     .map_err(classify)?;
-    append_events(&mut tx, &[(alert_id, event)], at).await?;
-    tx.commit().await.map_err(classify)?;
+    append_events(&mut *tx, &[(alert_id, event)], at).await?;
     Ok(())
 }
 

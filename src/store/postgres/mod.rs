@@ -13,7 +13,7 @@ use sqlx::{PgPool, Row};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-mod alerts;
+pub(crate) mod alerts;
 mod rules;
 
 use super::{
@@ -560,6 +560,10 @@ impl Store for PgStore {
         alerts::list(&self.pool, filter).await
     }
 
+    fn officer_api_pool(&self) -> Option<sqlx::PgPool> {
+        Some(self.pool.clone())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -567,6 +571,24 @@ impl Store for PgStore {
             .map_err(classify)?;
         Ok(())
     }
+}
+
+/// Wakes the alert log's readers (live views, MQTT publisher) whenever any
+/// process appends to it: officer actions from the CLI, other instances.
+/// Wake-ups coalesce, so a burst of notifications costs one read.
+pub async fn watch_alert_log(
+    pool: PgPool,
+    outbox: std::sync::Arc<crate::alerts::outbox::Outbox>,
+    cancel: CancellationToken,
+) {
+    let (tx, mut rx) = mpsc::channel::<()>(16);
+    let follow = listen(&pool, "waypoint_alert_events", tx, cancel, |_| ());
+    let wake = async {
+        while rx.recv().await.is_some() {
+            outbox.wake();
+        }
+    };
+    tokio::join!(follow, wake);
 }
 
 /// Follows a NOTIFY channel: `map(Some(payload))` per notification,

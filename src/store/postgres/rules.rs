@@ -207,6 +207,18 @@ pub(super) async fn apply_scenario(
     let mut tx = pool.begin().await.map_err(classify)?;
     let c = &mut *tx;
     for (i, p) in s.supervisees.iter().enumerate() {
+        // A provisioning file names officers by reference; one not yet known
+        // gets a row (named by its reference until an admin renames it).
+        if let Some(officer) = &p.officer {
+            sqlx::query(
+                "INSERT INTO officers (officer_ref, display_name) VALUES ($1, $1) \
+                 ON CONFLICT (officer_ref) DO NOTHING",
+            )
+            .bind(officer)
+            .execute(&mut *c)
+            .await
+            .map_err(refused(format!("supervisees[{i}].officer")))?;
+        }
         let inserted: bool = sqlx::query_scalar(
             "INSERT INTO supervisees AS s (case_ref, display_name, time_zone, officer_ref) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (case_ref) DO UPDATE SET \

@@ -1,0 +1,189 @@
+//! The officer API: JSON over HTTP under `/api/v1`.
+//!
+//! ```text
+//! request ─▶ auth (bearer token → Principal: role + caseload scope)
+//!         ─▶ handler (validate → one scoped query → audit record) ─▶ JSON
+//!                                                         └─ or problem+json (error)
+//! alert_events log ─▶ alerts::outbox live broadcast ─▶ stream (SSE, per-caller filter)
+//! escalation timer ─▶ alert_escalations + alert_events ('escalated')
+//! ```
+//!
+//! Module map: [`error`] (RFC 9457 problems, extractors), [`auth`] (tokens,
+//! roles, scoping), [`audit`] (the trail and its query), [`alerts`] (list,
+//! detail, decisions), [`stream`] (SSE and tickets), [`escalation`],
+//! [`people`] (supervisees, officers, teams, devices), [`zones`] (zones,
+//! rules, exceptions), [`positions`] (latest, track), [`export`],
+//! [`compliance`].
+//!
+//! The OpenAPI document is assembled from the handlers' own annotations by
+//! `utoipa-axum` as the router is built, so the two cannot drift.
+
+pub mod alerts;
+pub mod audit;
+pub mod auth;
+pub mod compliance;
+pub mod error;
+pub mod escalation;
+pub mod export;
+pub mod people;
+pub mod positions;
+pub mod stream;
+pub mod zones;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use sqlx::PgPool;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::alerts::outbox::Outbox;
+use crate::alerts::Severity;
+use crate::clock::SharedClock;
+use error::ApiError;
+
+/// Largest request body accepted (zones with detailed outlines fit easily).
+pub const MAX_BODY: usize = 2 * 1024 * 1024;
+
+/// Tunables of the API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// An open alert not acknowledged after this long (by severity:
+    /// critical, high, medium, low) is escalated. `None`: never.
+    pub escalate_after: [Option<Duration>; 4],
+    /// Group named on escalations of alerts whose officer has no supervisor.
+    pub on_call_group: String,
+    /// How long a stream ticket may wait before it is used.
+    pub ticket_ttl: Duration,
+    /// SSE keep-alive comment interval (proxies drop idle connections).
+    pub keep_alive: Duration,
+    /// Most fixes in one export (larger periods must be split): a year at
+    /// one fix a minute fits; the export is built in memory (its digest
+    /// header precedes the body), about 170 bytes per fix as GeoJSON.
+    pub max_export_fixes: i64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            escalate_after: [
+                Some(Duration::from_secs(5 * 60)),
+                Some(Duration::from_secs(15 * 60)),
+                Some(Duration::from_secs(60 * 60)),
+                Some(Duration::from_secs(4 * 60 * 60)),
+            ],
+            on_call_group: "on-call".into(),
+            ticket_ttl: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(15),
+            max_export_fixes: 600_000,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The escalation limit of a severity.
+    pub fn escalation_limit(&self, s: Severity) -> Option<Duration> {
+        self.escalate_after[s as usize]
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The database (the API reads and writes PostgreSQL directly).
+    pub pool: PgPool,
+    /// Alert-log live feed (SSE) and wake-ups after officer actions.
+    pub outbox: Arc<Outbox>,
+    /// Server time (injectable for tests: tickets, escalation, audit).
+    pub clock: SharedClock,
+    /// Tunables.
+    pub cfg: Arc<ApiConfig>,
+}
+
+/// A page of a cursor-paginated list.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Page<T> {
+    /// The items, in the endpoint's order.
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Validates a `limit` query parameter.
+pub fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(l) if (1..=max).contains(&l) => Ok(l),
+        Some(_) => Err(ApiError::field("limit", format!("must be 1..={max}"))),
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Waypoint officer API",
+        description = "Caseloads, zones, schedules, alerts and decisions for supervision officers. \
+                       Alerts are prompts for a person to decide; no endpoint acts on the person supervised. \
+                       Errors are RFC 9457 problem documents.",
+        license(name = "Apache-2.0")
+    ),
+    servers((url = "/api/v1")),
+    modifiers(&BearerAuth),
+    components(schemas(error::Problem, error::FieldError))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The routes and their OpenAPI document, before state is attached.
+pub fn api_parts() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(alerts::routes())
+        .merge(stream::routes())
+        .merge(audit::routes())
+        .merge(people::routes())
+        .merge(zones::routes())
+        .merge(positions::routes())
+        .merge(export::routes())
+        .merge(compliance::routes())
+        .split_for_parts()
+}
+
+/// The OpenAPI document (also served at `/api/v1/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_parts().1
+}
+
+/// `/api/v1/...`, ready to merge beside the operations endpoints.
+pub fn router(state: ApiState) -> Router {
+    let (routes, doc) = api_parts();
+    let doc = Arc::new(doc);
+    let v1 = routes
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state);
+    Router::new().nest("/api/v1", v1)
+}

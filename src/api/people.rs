@@ -1,0 +1,1889 @@
+//! Supervisees, officers, teams and devices: who is supervised, by whom, and
+//! wearing what.
+//!
+//! Supervisee records are caseload-scoped like everything personal
+//! (officers: their caseload; supervisors: their team's; admins: all;
+//! auditors: none); one outside the caller's scope is answered exactly like
+//! one that does not exist. Everything else here is configuration, changed
+//! by admins only, and every change is audited in the transaction that
+//! makes it. Running servers learn of changes through the configuration
+//! NOTIFY triggers (migrations 0001/0002), so nothing here talks to them.
+//!
+//! Victims are never identified here: a supervisee's record says only how
+//! many victim devices are paired with them.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::audit::{self, AuditReason, Entry};
+use super::auth::{Principal, Role, ADMIN};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, FieldError, StdErrors};
+use super::{ApiState, Page};
+use crate::domain::DeviceId;
+use crate::rules::schedule::parse_tz;
+
+// ---------------------------------------------------------------------------
+// Helpers shared with `zones`.
+
+/// Roles that may read supervisee records: caseworkers within their scope,
+/// admins all of them (admins never get location data from these records).
+pub(super) const READERS: &[Role] = &[Role::Officer, Role::Supervisor, Role::Admin];
+
+/// Turns collected field errors into a 422, or nothing.
+pub(super) fn done(errs: Vec<FieldError>) -> Result<(), ApiError> {
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(errs))
+    }
+}
+
+/// An id cursor (the previous page's `next_cursor`); `default` when absent.
+pub(super) fn id_cursor(c: &Option<String>, default: i64, errs: &mut Vec<FieldError>) -> i64 {
+    match c.as_deref().map(str::parse::<i64>) {
+        None => default,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => {
+            errs.push(FieldError::new("cursor", "not a cursor from this endpoint"));
+            default
+        }
+    }
+}
+
+/// [`super::page_limit`] that collects its error instead of returning it.
+pub(super) fn limit_of(
+    limit: Option<i64>,
+    default: i64,
+    max: i64,
+    errs: &mut Vec<FieldError>,
+) -> i64 {
+    match super::page_limit(limit, default, max) {
+        Ok(l) => l,
+        Err(ApiError::Validation(mut e)) => {
+            errs.append(&mut e);
+            default
+        }
+        Err(_) => default,
+    }
+}
+
+/// Cuts the extra row fetched to detect a next page; the cursor names the
+/// last row kept.
+pub(super) fn paginate<T>(
+    items: &mut Vec<T>,
+    limit: i64,
+    id: impl Fn(&T) -> i64,
+) -> Option<String> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|t| id(t).to_string())
+    } else {
+        None
+    }
+}
+
+/// A required text field: not blank, at most `max` characters, no control
+/// characters.
+pub(super) fn check_text(field: &str, v: &str, max: usize, errs: &mut Vec<FieldError>) {
+    if v.trim().is_empty() {
+        errs.push(FieldError::new(field, "is required and must not be blank"));
+    } else if v.chars().count() > max {
+        errs.push(FieldError::new(
+            field,
+            format!("longer than {max} characters"),
+        ));
+    } else if v.chars().any(char::is_control) {
+        errs.push(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+}
+
+/// An audit entry for a configuration change that may concern no
+/// supervisee.
+pub(super) fn config_entry(
+    action: &'static str,
+    supervisee_id: Option<i64>,
+    detail: serde_json::Value,
+) -> Entry {
+    Entry {
+        action,
+        supervisee_id,
+        alert_id: None,
+        detail,
+    }
+}
+
+/// Whether `e` is a database error with SQLSTATE `code`.
+pub(super) fn is_db_code(e: &sqlx::Error, code: &str) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(code))
+}
+
+/// Maps a unique violation to a 409 that says what clashed; other errors as
+/// usual.
+pub(super) fn unique_as(what: &str) -> impl FnOnce(sqlx::Error) -> ApiError + '_ {
+    move |e| {
+        if is_db_code(&e, "23505") {
+            ApiError::Conflict(format!("{what} already exists"))
+        } else {
+            e.into()
+        }
+    }
+}
+
+/// PATCH fields that may be set to null: absent = keep, `null` = clear.
+pub(super) fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// `(exists, active)` of an officer reference.
+async fn officer_active(
+    conn: &mut PgConnection,
+    officer_ref: &str,
+) -> Result<Option<bool>, ApiError> {
+    Ok(
+        sqlx::query_scalar("SELECT active FROM officers WHERE officer_ref = $1")
+            .bind(officer_ref)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+/// Checks that `officer_ref` names an active officer, as field `field`.
+async fn check_officer(
+    conn: &mut PgConnection,
+    field: &str,
+    officer_ref: &str,
+    errs: &mut Vec<FieldError>,
+) -> Result<(), ApiError> {
+    match officer_active(conn, officer_ref).await? {
+        Some(true) => {}
+        Some(false) => errs.push(FieldError::new(field, "this officer is not active")),
+        None => errs.push(FieldError::new(field, "no officer has this reference")),
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Supervisees.
+
+/// A supervisee as listed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SuperviseeSummary {
+    /// Id (used in every supervisee path).
+    pub supervisee_id: i64,
+    /// The agency's case reference.
+    pub case_ref: String,
+    /// Name shown to officers.
+    pub display_name: Option<String>,
+    /// IANA zone in which schedules are evaluated.
+    pub time_zone: String,
+    /// Responsible officer.
+    pub officer_ref: Option<String>,
+    /// When the record was created.
+    pub created_at: DateTime<Utc>,
+}
+
+const SUP_COLS: &str =
+    "s.supervisee_id, s.case_ref, s.display_name, s.time_zone, s.officer_ref, s.created_at";
+
+fn sup_summary(r: &PgRow) -> SuperviseeSummary {
+    SuperviseeSummary {
+        supervisee_id: r.get("supervisee_id"),
+        case_ref: r.get("case_ref"),
+        display_name: r.get("display_name"),
+        time_zone: r.get("time_zone"),
+        officer_ref: r.get("officer_ref"),
+        created_at: r.get("created_at"),
+    }
+}
+
+/// A device worn by a supervisee over a dated period.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WornDevice {
+    /// Assignment id (to end it).
+    pub assignment_id: i64,
+    /// The device.
+    pub device_id: String,
+    /// From (inclusive).
+    pub valid_from: DateTime<Utc>,
+    /// Until (exclusive); absent while open-ended.
+    pub valid_to: Option<DateTime<Utc>>,
+}
+
+/// A supervisee with the devices they wear now or are due to wear.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SuperviseeDetail {
+    /// The record.
+    #[serde(flatten)]
+    pub supervisee: SuperviseeSummary,
+    /// Current and upcoming device assignments, earliest first (ended ones
+    /// are left out).
+    pub devices: Vec<WornDevice>,
+    /// Victim devices paired with this person (proximity alerts); the
+    /// victims themselves are never identified to officers.
+    pub victim_pairings: i64,
+}
+
+async fn read_supervisee(
+    conn: &mut PgConnection,
+    who: &Principal,
+    id: i64,
+    now: DateTime<Utc>,
+) -> Result<SuperviseeDetail, ApiError> {
+    let sql = format!(
+        "SELECT {SUP_COLS} FROM supervisees s WHERE s.supervisee_id = $2 AND {}",
+        who.scope_sql()
+    );
+    let r = sqlx::query(&sql)
+        .bind(who.scope_param())
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let devices = sqlx::query(
+        "SELECT a.assignment_id, d.device_id, a.valid_from, a.valid_to \
+         FROM device_assignments a JOIN devices d ON d.device_key = a.device_key \
+         WHERE a.supervisee_id = $1 AND (a.valid_to IS NULL OR a.valid_to > $2) \
+         ORDER BY a.valid_from, a.assignment_id LIMIT 100",
+    )
+    .bind(id)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| WornDevice {
+        assignment_id: r.get("assignment_id"),
+        device_id: r.get("device_id"),
+        valid_from: r.get("valid_from"),
+        valid_to: r.get("valid_to"),
+    })
+    .collect();
+    let victim_pairings: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM victim_pairings WHERE supervisee_id = $1 AND ended_at IS NULL",
+    )
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(SuperviseeDetail {
+        supervisee: sup_summary(&r),
+        devices,
+        victim_pairings,
+    })
+}
+
+/// Filters of the supervisee list.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SuperviseeQuery {
+    /// Only this officer's caseload.
+    pub officer_ref: Option<String>,
+    /// Case references starting with this text.
+    pub q: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size 1..=500 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// Supervisees the caller may see, by id.
+#[utoipa::path(
+    get,
+    path = "/supervisees",
+    tag = "supervisees",
+    params(SuperviseeQuery),
+    responses((status = 200, description = "A page of supervisees", body = Page<SuperviseeSummary>), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn list_supervisees(
+    State(st): State<ApiState>,
+    who: Principal,
+    ApiQuery(q): ApiQuery<SuperviseeQuery>,
+) -> Result<Json<Page<SuperviseeSummary>>, ApiError> {
+    who.require(READERS)?;
+    let mut errs = Vec::new();
+    let after = id_cursor(&q.cursor, 0, &mut errs);
+    let limit = limit_of(q.limit, 100, 500, &mut errs);
+    if q.q.as_ref().is_some_and(|p| p.chars().count() > 128) {
+        errs.push(FieldError::new("q", "longer than 128 characters"));
+    }
+    done(errs)?;
+    let sql = format!(
+        "SELECT {SUP_COLS} FROM supervisees s WHERE {} AND s.supervisee_id > $2 \
+           AND ($3::text IS NULL OR s.officer_ref = $3) \
+           AND ($4::text IS NULL OR starts_with(s.case_ref, $4)) \
+         ORDER BY s.supervisee_id LIMIT $5",
+        who.scope_sql()
+    );
+    let mut items: Vec<SuperviseeSummary> = sqlx::query(&sql)
+        .bind(who.scope_param())
+        .bind(after)
+        .bind(&q.officer_ref)
+        .bind(&q.q)
+        .bind(limit + 1)
+        .fetch_all(&st.pool)
+        .await?
+        .iter()
+        .map(sup_summary)
+        .collect();
+    let next_cursor = paginate(&mut items, limit, |s| s.supervisee_id);
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// One supervisee with their current and upcoming devices.
+#[utoipa::path(
+    get,
+    path = "/supervisees/{id}",
+    tag = "supervisees",
+    params(("id" = i64, Path, description = "Supervisee id")),
+    responses((status = 200, description = "The supervisee", body = SuperviseeDetail), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn get_supervisee(
+    State(st): State<ApiState>,
+    who: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<SuperviseeDetail>, ApiError> {
+    who.require(READERS)?;
+    let mut conn = st.pool.acquire().await?;
+    Ok(Json(
+        read_supervisee(&mut conn, &who, id, st.clock.now()).await?,
+    ))
+}
+
+/// A new supervisee.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSupervisee {
+    /// The agency's case reference (unique, 1..=128 characters).
+    pub case_ref: String,
+    /// Name shown to officers (≤ 200 characters).
+    pub display_name: Option<String>,
+    /// IANA zone name, e.g. `Europe/London` (schedules use it).
+    pub time_zone: String,
+    /// Responsible officer (must exist and be active).
+    pub officer_ref: String,
+}
+
+/// Creates a supervisee (admins).
+#[utoipa::path(
+    post,
+    path = "/supervisees",
+    tag = "supervisees",
+    request_body = NewSupervisee,
+    responses((status = 200, description = "The new supervisee", body = SuperviseeDetail), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn create_supervisee(
+    State(st): State<ApiState>,
+    who: Principal,
+    reason: AuditReason,
+    ApiJson(b): ApiJson<NewSupervisee>,
+) -> Result<Json<SuperviseeDetail>, ApiError> {
+    who.require(ADMIN)?;
+    let mut errs = Vec::new();
+    check_text("case_ref", &b.case_ref, 128, &mut errs);
+    if let Some(n) = &b.display_name {
+        check_text("display_name", n, 200, &mut errs);
+    }
+    if let Err(e) = parse_tz(&b.time_zone) {
+        errs.push(FieldError::new("time_zone", e.to_string()));
+    }
+    let now = st.clock.now();
+    let mut tx = st.pool.begin().await?;
+    check_officer(&mut tx, "officer_ref", &b.officer_ref, &mut errs).await?;
+    done(errs)?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO supervisees (case_ref, display_name, time_zone, officer_ref) \
+         VALUES ($1, $2, $3, $4) RETURNING supervisee_id",
+    )
+    .bind(&b.case_ref)
+    .bind(&b.display_name)
+    .bind(&b.time_zone)
+    .bind(&b.officer_ref)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(unique_as("a supervisee with this case_ref"))?;
+    audit::record(
+        &mut *tx,
+        &who,
+        &reason,
+        now,
+        Entry::supervisee("supervisee.create", id).with(json!({
+            "case_ref": b.case_ref, "officer_ref": b.officer_ref, "time_zone": b.time_zone,
+        })),
+    )
+    .await?;
+    let d = read_supervisee(&mut tx, &who, id, now).await?;
+    tx.commit().await?;
+    Ok(Json(d))
+}
+
+/// Changes to a supervisee; absent fields are kept.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuperviseePatch {
+    /// New display name; `null` clears it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub display_name: Option<Option<String>>,
+    /// New IANA time zone.
+    pub time_zone: Option<String>,
+    /// New responsible officer: moves the person to that caseload (the
+    /// previous officer loses access at once).
+    pub officer_ref: Option<String>,
+}
+
+/// Updates a supervisee, e.g. reassigns them to another officer (admins).
+#[utoipa::path(
+    patch,
+    path = "/supervisees/{id}",
+    tag = "supervisees",
+    params(("id" = i64, Path, description = "Supervisee id")),
+    request_body = SuperviseePatch,
+    responses((status = 200, description = "The supervisee after the change", body = SuperviseeDetail), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn patch_supervisee(
+    State(st): State<ApiState>,
+    who: Principal,
+    reason: AuditReason,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(b): ApiJson<SuperviseePatch>,
+) -> Result<Json<SuperviseeDetail>, ApiError> {
+    who.require(ADMIN)?;
+    let mut errs = Vec::new();
+    if b.display_name.is_none() && b.time_zone.is_none() && b.officer_ref.is_none() {
+        errs.push(FieldError::new("body", "names no field to change"));
+    }
+    if let Some(Some(n)) = &b.display_name {
+        check_text("display_name", n, 200, &mut errs);
+    }
+    if let Some(tz) = &b.time_zone {
+        if let Err(e) = parse_tz(tz) {
+            errs.push(FieldError::new("time_zone", e.to_string()));
+        }
+    }
+    let now = st.clock.now();
+    let mut tx = st.pool.begin().await?;
+    if let Some(o) = &b.officer_ref {
+        check_officer(&mut tx, "officer_ref", o, &mut errs).await?;
+    }
+    done(errs)?;
+    let before: Option<String> = sqlx::query_scalar(
+        "SELECT officer_ref FROM supervisees WHERE supervisee_id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(ApiError::NotFound)?;
+    sqlx::query(
+        "UPDATE supervisees SET \
+           display_name = CASE WHEN $2 THEN $3 ELSE display_name END, \
+           time_zone = COALESCE($4, time_zone), officer_ref = COALESCE($5, officer_ref) \
+         WHERE supervisee_id = $1",
+    )
+    .bind(id)
+    .bind(b.display_name.is_some())
+    .bind(b.display_name.clone().flatten())
+    .bind(&b.time_zone)
+    .bind(&b.officer_ref)
+    .execute(&mut *tx)
+    .await?;
+    let mut changed = Vec::new();
+    if b.display_name.is_some() {
+        changed.push("display_name");
+    }
+    if b.time_zone.is_some() {
+        changed.push("time_zone");
+    }
+    if b.officer_ref.is_some() {
+        changed.push("officer_ref");
+    }
+    audit::record(
+        &mut *tx,
+        &who,
+        &reason,
+        now,
+        Entry::supervisee("supervisee.update", id).with(json!({
+            "changed": changed,
+            "time_zone": b.time_zone,
+            "officer_ref": b.officer_ref.as_ref().map(|to| json!({"from": before, "to": to})),
+        })),
+    )
+    .await?;
+    let d = read_supervisee(&mut tx, &who, id, now).await?;
+    tx.commit().await?;
+    Ok(Json(d))
+}
+
+// ---------------------------------------------------------------------------
+// Officers.
+
+/// An officer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Officer {
+    /// Id (used in the officer path).
+    pub officer_id: i64,
+    /// The agency's staff reference (supervisees name their officer by it).
+    pub officer_ref: String,
+    /// Name.
+    pub display_name: String,
+    /// Team, if any.
+    pub team_ref: Option<String>,
+    /// Inactive officers' tokens stop working.
+    pub active: bool,
+    /// When created.
+    pub created_at: DateTime<Utc>,
+    /// Number of supervisees assigned to this officer.
+    pub caseload: i64,
+}
+
+const OFFICER_SQL: &str = "SELECT o.officer_id, o.officer_ref, o.display_name, t.team_ref, \
+     o.active, o.created_at, \
+     (SELECT count(*) FROM supervisees s WHERE s.officer_ref = o.officer_ref) AS caseload \
+     FROM officers o LEFT JOIN teams t ON t.team_id = o.team_id";
+
+fn officer_row(r: &PgRow) -> Officer {
+    Officer {
+        officer_id: r.get("officer_id"),
+        officer_ref: r.get("officer_ref"),
+        display_name: r.get("display_name"),
+        team_ref: r.get("team_ref"),
+        active: r.get("active"),
+        created_at: r.get("created_at"),
+        caseload: r.get("caseload"),
+    }
+}
+
+async fn read_officer(conn: &mut PgConnection, id: i64) -> Result<Officer, ApiError> {
+    let r = sqlx::query(&format!("{OFFICER_SQL} WHERE o.officer_id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(officer_row(&r))
+}
+
+/// Filters of the officer list.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct OfficerQuery {
+    /// Only this team.
+    pub team_ref: Option<String>,
+    /// Only active (true) or inactive (false) officers.
+    pub active: Option<bool>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size 1..=500 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// Officers: all of them for admins; a supervisor's own team (and
+/// themselves) for supervisors.
+#[utoipa::path(
+    get,
+    path = "/officers",
+    tag = "officers",
+    params(OfficerQuery),
+    responses((status = 200, description = "A page of officers", body = Page<Officer>), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn list_officers(
+    State(st): State<ApiState>,
+    who: Principal,
+    ApiQuery(q): ApiQuery<OfficerQuery>,
+) -> Result<Json<Page<Officer>>, ApiError> {
+    who.require(&[Role::Admin, Role::Supervisor])?;
+    let mut errs = Vec::new();
+    let after = id_cursor(&q.cursor, 0, &mut errs);
+    let limit = limit_of(q.limit, 100, 500, &mut errs);
+    done(errs)?;
+    // Supervisors: their team's officers; NULL (admins) means everyone.
+    let supervisor = match who.role {
+        Role::Admin => None,
+        _ => Some(who.officer_id.ok_or(ApiError::Forbidden(
+            "this token does not act for an officer",
+        ))?),
+    };
+    let sql = format!(
+        "{OFFICER_SQL} WHERE o.officer_id > $1 \
+           AND ($2::bigint IS NULL OR o.officer_id = $2 OR o.team_id = \
+                (SELECT o3.team_id FROM officers o3 WHERE o3.officer_id = $2)) \
+           AND ($3::text IS NULL OR t.team_ref = $3) \
+           AND ($4::boolean IS NULL OR o.active = $4) \
+         ORDER BY o.officer_id LIMIT $5"
+    );
+    let mut items: Vec<Officer> = sqlx::query(&sql)
+        .bind(after)
+        .bind(supervisor)
+        .bind(&q.team_ref)
+        .bind(q.active)
+        .bind(limit + 1)
+        .fetch_all(&st.pool)
+        .await?
+        .iter()
+        .map(officer_row)
+        .collect();
+    let next_cursor = paginate(&mut items, limit, |o| o.officer_id);
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// A new officer.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOfficer {
+    /// The agency's staff reference (unique, 1..=128 characters).
+    pub officer_ref: String,
+    /// Name (1..=200 characters).
+    pub display_name: String,
+    /// Team (must exist).
+    pub team_ref: Option<String>,
+    /// Default true.
+    pub active: Option<bool>,
+}
+
+async fn team_id_of(
+    conn: &mut PgConnection,
+    field: &str,
+    team_ref: &str,
+    errs: &mut Vec<FieldError>,
+) -> Result<Option<i64>, ApiError> {
+    let id: Option<i64> = sqlx::query_scalar("SELECT team_id FROM teams WHERE team_ref = $1")
+        .bind(team_ref)
+        .fetch_optional(conn)
+        .await?;
+    if id.is_none() {
+        errs.push(FieldError::new(field, "no team has this reference"));
+    }
+    Ok(id)
+}
+
+/// Creates an officer (admins). Tokens for them are issued with the CLI.
+#[utoipa::path(
+    post,
+    path = "/officers",
+    tag = "officers",
+    request_body = NewOfficer,
+    responses((status = 200, description = "The new officer", body = Officer), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn create_officer(
+    State(st): State<ApiState>,
+    who: Principal,
+    reason: AuditReason,
+    ApiJson(b): ApiJson<NewOfficer>,
+) -> Result<Json<Officer>, ApiError> {
+    who.require(ADMIN)?;
+    let mut errs = Vec::new();
+    check_text("officer_ref", &b.officer_ref, 128, &mut errs);
+    check_text("display_name", &b.display_name, 200, &mut errs);
+    let mut tx = st.pool.begin().await?;
+    let team = match &b.team_ref {
+        Some(t) => team_id_of(&mut tx, "team_ref", t, &mut errs).await?,
+        None => None,
+    };
+    done(errs)?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO officers (officer_ref, display_name, team_id, active) \
+         VALUES ($1, $2, $3, COALESCE($4, true)) RETURNING officer_id",
+    )
+    .bind(&b.officer_ref)
+    .bind(&b.display_name)
+    .bind(team)
+    .bind(b.active)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(unique_as("an officer with this officer_ref"))?;
+    audit::record(
+        &mut *tx,
+        &who,
+        &reason,
+        st.clock.now(),
+        config_entry(
+            "officer.create",
+            None,
+            json!({"officer_id": id, "officer_ref": b.officer_ref, "team_ref": b.team_ref}),
+        ),
+    )
+    .await?;
+    let o = read_officer(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Json(o))
+}
+
+/// Changes to an officer; absent fields are kept.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfficerPatch {
+    /// New staff reference (their supervisees follow it).
+    pub officer_ref: Option<String>,
+    /// New name.
+    pub display_name: Option<String>,
+    /// New team; `null` takes the officer out of any team.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub team_ref: Option<Option<String>>,
+    /// false: deactivate (their tokens stop working at once).
+    pub active: Option<bool>,
+}
+
+/// Updates an officer (admins).
+#[utoipa::path(
+    patch,
+    path = "/officers/{id}",
+    tag = "officers",
+    params(("id" = i64, Path, description = "Officer id")),
+    request_body = OfficerPatch,
+    responses((status = 200, description = "The officer after the change", body = Officer), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn patch_officer(
+    State(st): State<ApiState>,
+    who: Principal,
+    reason: AuditReason,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(b): ApiJson<OfficerPatch>,
+) -> Result<Json<Officer>, ApiError> {
+    who.require(ADMIN)?;
+    let mut errs = Vec::new();
+    if b.officer_ref.is_none()
+        && b.display_name.is_none()
+        && b.team_ref.is_none()
+        && b.active.is_none()
+    {
+        errs.push(FieldError::new("body", "names no field to change"));
+    }
+    if let Some(r) = &b.officer_ref {
+        check_text("officer_ref", r, 128, &mut errs);
+    }
+    if let Some(n) = &b.display_name {
+        check_text("display_name", n, 200, &mut errs);
+    }
+    let mut tx = st.pool.begin().await?;
+    let team = match &b.team_ref {
+        Some(Some(t)) => team_id_of(&mut tx, "team_ref", t, &mut errs).await?,
+        _ => None,
+    };
+    done(errs)?;
+    let n = sqlx::query(
+        "UPDATE officers SET officer_ref = COALESCE($2, officer_ref), \
+           display_name = COALESCE($3, display_name), \
+           team_id = CASE WHEN $4 THEN $5 ELSE team_id END, active = COALESCE($6, active) \
+         WHERE officer_id = $1",
+    )
+    .bind(id)
+    .bind(&b.officer_ref)
+    .bind(&b.display_name)
+    .bind(b.team_ref.is_some())
+    .bind(team)
+    .bind(b.active)
+    .execute(&mut *tx)
+    .await
+    .map_err(unique_as("an officer with this officer_ref"))?
+    .rows_affected();
+    if n == 0 {
+        return Err(ApiError::NotFound);
+    }
+    audit::record(
+        &mut *tx,
+        &who,
+        &reason,
+        st.clock.now(),
+        config_entry(
+            "officer.update",
+            None,
+            json!({"officer_id": id, "officer_ref": b.officer_ref, "team_ref": b.team_ref,
+                   "active": b.active, "display_name_changed": b.display_name.is_some()}),
+        ),
+    )
+    .await?;
+    let o = read_officer(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Json(o))
+}
+
+// ---------------------------------------------------------------------------
+// Teams.
+
+/// A team of officers.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Team {
+    /// Id (used in the team path).
+    pub team_id: i64,
+    /// The agency's team reference.
+    pub team_ref: String,
+    /// Name.
+    pub name: String,
+    /// Receives escalations of the team's unacknowledged alerts.
+    pub supervisor_ref: Option<String>,
+    /// Number of officers in the team.
+    pub officers: i64,
+}
+
+const TEAM_SQL: &str = "SELECT t.team_id, t.team_ref, t.name, o.officer_ref AS supervisor_ref, \
+     (SELECT count(*) FROM officers m WHERE m.team_id = t.team_id) AS officers \
+     FROM teams t LEFT JOIN officers o ON o.officer_id = t.supervisor_id";
+
+fn team_row(r: &PgRow) -> Team {
+    Team {
+        team_id: r.get("team_id"),
+        team_ref: r.get("team_ref"),
+        name: r.get("name"),
+        supervisor_ref: r.get("supervisor_ref"),
+        officers: r.get("officers"),
+    }
+}
+
+async fn read_team(conn: &mut PgConnection, id: i64) -> Result<Team, ApiError> {
+    let r = sqlx::query(&format!("{TEAM_SQL} WHERE t.team_id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(team_row(&r))
+}
+
+/// Page parameters.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size 1..=500 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// Teams (admins).
+#[utoipa::path(
+    get,
+    path = "/teams",
+    tag = "teams",
+    params(PageQuery),
+    responses((status = 200, description = "A page of teams", body = Page<Team>), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn list_teams(
+    State(st): State<ApiState>,
+    who: Principal,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Page<Team>>, ApiError> {
+    who.require(ADMIN)?;
+    let mut errs = Vec::new();
+    let after = id_cursor(&q.cursor, 0, &mut errs);
+    let limit = limit_of(q.limit, 100, 500, &mut errs);
+    done(errs)?;
+    let mut items: Vec<Team> = sqlx::query(&format!(
+        "{TEAM_SQL} WHERE t.team_id > $1 ORDER BY t.team_id LIMIT $2"
+    ))
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(&st.pool)
+    .await?
+    .iter()
+    .map(team_row)
+    .collect();
+    let next_cursor = paginate(&mut items, limit, |t| t.team_id);
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// A new team.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTeam {
+    /// The agency's team reference (unique, 1..=128 characters).
+    pub team_ref: String,
+    /// Name (1..=200 characters).
+    pub name: String,
+    /// Officer who receives the team's escalations (must exist and be
+    /// active).
+    pub supervisor_ref: Option<String>,
+}
+
+async fn officer_id_of(
+    conn: &mut PgConnection,
+    field: &str,
+    officer_ref: &str,
+    errs: &mut Vec<FieldError>,
+) -> Result<Option<i64>, ApiError> {
+    let row = sqlx::query("SELECT officer_id, active FROM officers WHERE officer_ref = $1")
+        .bind(officer_ref)
+        .fetch_optional(conn)
+        .await?;
+    Ok(match row {
+        None => {
+            errs.push(FieldError::new(field, "no officer has this reference"));
+            None
+        }
+        Some(r) if !r.get::<bool, _>("active") => {
+            errs.push(FieldError::new(field, "this officer is not active"));
+            None
+        }
+        Some(r) => Some(r.get("officer_id")),
+    })
+}
+
+/// Creates a team (admins).
+#[utoipa::path(
+    post,
+    path = "/teams",
+    tag = "teams",
+    request_body = NewTeam,
+    responses((status = 200, description = "The new team", body = Team), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn create_team(
+    State(st): State<ApiState>,
+    who: Principal,
+    reason: AuditReason,
+    ApiJson(b): ApiJson<NewTeam>,
+) -> Result<Json<Team>, ApiError> {
+    who.require(ADMIN)?;
+    let mut errs = Vec::new();
+    check_text("team_ref", &b.team_ref, 128, &mut errs);
+    check_text("name", &b.name, 200, &mut errs);
+    let mut tx = st.pool.begin().await?;
+    let sup = match &b.supervisor_ref {
+        Some(r) => officer_id_of(&mut tx, "supervisor_ref", r, &mut errs).await?,
+        None => None,
+    };
+    done(errs)?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO teams (team_ref, name, supervisor_id) VALUES ($1, $2, $3) RETURNING team_id",
+    )
+    .bind(&b.team_ref)
+    .bind(&b.name)
+    .bind(sup)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(unique_as("a team with this team_ref"))?;
+    audit::record(
+        &mut *tx,
+        &who,
+        &reason,
+        st.clock.now(),
+        config_entry(
+            "team.create",
+            None,
+            json!({"team_id": id, "team_ref": b.team_ref, "supervisor_ref": b.supervisor_ref}),
+        ),
+    )
+    .await?;
+    let t = read_team(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Json(t))
+}
+
+/// Changes to a team; absent fields are kept.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TeamPatch {
+    /// New team reference.
+    pub team_ref: Option<String>,
+    /// New name.
+    pub name: Option<String>,
+    /// New supervisor; `null`: none (escalations go to the on-call group).
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub supervisor_ref: Option<Option<String>>,
+}
+
+/// Updates a team (admins).
+#[utoipa::path(
+    patch,
+    path = "/teams/{id}",
+    tag = "teams",
+    params(("id" = i64, Path, description = "Team id")),
+    request_body = TeamPatch,
+    responses((status = 200, description = "The team after the change", body = Team), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn patch_team(
+    State(st): State<ApiState>,
+    who: Principal,
+    reason: AuditReason,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(b): ApiJson<TeamPatch>,
+) -> Result<Json<Team>, ApiError> {
+    who.require(ADMIN)?;
+    let mut errs = Vec::new();
+    if b.team_ref.is_none() && b.name.is_none() && b.supervisor_ref.is_none() {
+        errs.push(FieldError::new("body", "names no field to change"));
+    }
+    if let Some(r) = &b.team_ref {
+        check_text("team_ref", r, 128, &mut errs);
+    }
+    if let Some(n) = &b.name {
+        check_text("name", n, 200, &mut errs);
+    }
+    let mut tx = st.pool.begin().await?;
+    let sup = match &b.supervisor_ref {
+        Some(Some(r)) => officer_id_of(&mut tx, "supervisor_ref", r, &mut errs).await?,
+        _ => None,
+    };
+    done(errs)?;
+    let n = sqlx::query(
+        "UPDATE teams SET team_ref = COALESCE($2, team_ref), name = COALESCE($3, name), \
+           supervisor_id = CASE WHEN $4 THEN $5 ELSE supervisor_id END WHERE team_id = $1",
+    )
+    .bind(id)
+    .bind(&b.team_ref)
+    .bind(&b.name)
+    .bind(b.supervisor_ref.is_some())
+    .bind(sup)
+    .execute(&mut *tx)
+    .await
+    .map_err(unique_as("a team with this team_ref"))?
+    .rows_affected();
+    if n == 0 {
+        return Err(ApiError::NotFound);
+    }
+    audit::record(
+        &mut *tx,
+        &who,
+        &reason,
+        st.clock.now(),
+        config_entry(
+            "team.update",
+            None,
+            json!({"team_id": id, "team_ref": b.team_ref, "name": b.name,
+                   "supervisor_ref": b.supervisor_ref}),
+        ),
+    )
+    .await?;
+    let t = read_team(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Json(t))
+}
+
+// ---------------------------------------------------------------------------
+// Devices.
+
+/// A dated assignment of a device to a supervisee.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Assignment {
+    /// Id (to end it).
+    pub assignment_id: i64,
+    /// Who wears the device.
+    pub supervisee_id: i64,
+    /// Their case reference.
+    pub case_ref: String,
+    /// From (inclusive).
+    pub valid_from: DateTime<Utc>,
+    /// Until (exclusive); absent while open-ended.
+    pub valid_to: Option<DateTime<Utc>>,
+}
+
+/// A device, as admins see it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Device {
+    /// The device's own id (as in its MQTT topic).
+    pub device_id: String,
+    /// When enrolled.
+    pub enrolled_at: DateTime<Utc>,
+    /// When revoked (its messages are refused from then on).
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Expected reporting interval; no-signal alerts are a multiple of it.
+    pub report_interval_s: i32,
+    /// Last status message received (no position).
+    pub last_status_at: Option<DateTime<Utc>>,
+    /// Battery level in that status.
+    pub battery_pct: Option<i16>,
+    /// Firmware in that status.
+    pub firmware: Option<String>,
+    /// The assignment in force now, if any.
+    pub current_assignment: Option<Assignment>,
+}
+
+const DEVICE_SQL: &str = "SELECT d.device_key, d.device_id, d.enrolled_at, d.revoked_at, \
+     d.report_interval_s, st.received_at AS last_status_at, st.battery_pct, st.firmware, \
+     a.assignment_id, a.supervisee_id, s.case_ref, a.valid_from, a.valid_to \
+     FROM devices d LEFT JOIN device_status st ON st.device_key = d.device_key \
+     LEFT JOIN LATERAL (SELECT * FROM device_assignments x WHERE x.device_key = d.device_key \
+       AND x.valid_from <= $1 AND (x.valid_to IS NULL OR x.valid_to > $1) \
+       ORDER BY x.valid_from DESC LIMIT 1) a ON true \
+     LEFT JOIN supervisees s ON s.supervisee_id = a.supervisee_id";
+
+fn device_row(r: &PgRow) -> Device {
+    let current_assignment = r
+        .get::<Option<i64>, _>("assignment_id")
+        .map(|assignment_id| Assignment {
+            assignment_id,
+            supervisee_id: r.get("supervisee_id"),
+            case_ref: r.get("case_ref"),
+            valid_from: r.get("valid_from"),
+            valid_to: r.get("valid_to"),
+        });
+    Device {
+        device_id: r.get("device_id"),
+        enrolled_at: r.get("enrolled_at"),
+        revoked_at: r.get("revoked_at"),
+        report_interval_s: r.get("report_interval_s"),
+        last_status_at: r.get("last_status_at"),
+        battery_pct: r.get("battery_pct"),
+        firmware: r.get("firmware"),
+        current_assignment,
+    }
+}
+
+/// A victim device's pairing with a supervisee (proximity alerts).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Pairing {
+    /// Id (to end it).
+    pub pairing_id: i64,
+    /// The supervisee kept away from this device.
+    pub supervisee_id: i64,
+    /// Their case reference.
+    pub case_ref: String,
+    /// Alert when closer than this, metres.
+    pub enter_m: f32,
+    /// Condition ends when farther than this, metres.
+    pub exit_m: f32,
+    /// When the pairing ended.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// A device with its assignment history and pairings.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeviceDetail {
+    /// The device.
+    #[serde(flatten)]
+    pub device: Device,
+    /// Assignments, newest first (at most 200).
+    pub assignments: Vec<Assignment>,
+    /// Pairings in which this is the victim's device.
+    pub pairings: Vec<Pairing>,
+}
+
+/// The device row's key and revocation, locked for the transaction.
+async fn lock_device(
+    conn: &mut PgConnection,
+    device_id: &str,
+) -> Result<(i64, Option<DateTime<Utc>>), ApiError> {
+    let r =
+        sqlx::query("SELECT device_key, revoked_at FROM devices WHERE device_id = $1 FOR UPDATE")
+            .bind(device_id)
+            .fetch_optional(conn)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+    Ok((r.get("device_key"), r.get("revoked_at")))
+}
+
+async fn read_device(
+    conn: &mut PgConnection,
+    device_id: &str,
+    now: DateTime<Utc>,
+) -> Result<DeviceDetail, ApiError> {
+    let r = sqlx::query(&format!("{DEVICE_SQL} WHERE d.device_id = $2"))
+        .bind(now)
+        .bind(device_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let key: i64 = r.get("device_key");
+    let device = device_row(&r);
+    let assignments = sqlx::query(
+        "SELECT a.assignment_id, a.supervisee_id, s.case_ref, a.valid_from, a.valid_to \
+         FROM device_assignments a JOIN supervisees s ON s.supervisee_id = a.supervisee_id \
+         WHERE a.device_key = $1 ORDER BY a.valid_from DESC, a.assignment_id DESC LIMIT 200",
+    )
+    .bind(key)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| Assignment {
+        assignment_id: r.get("assignment_id"),
+        supervisee_id: r.get("supervisee_id"),
+        case_ref: r.get("case_ref"),
+        valid_from: r.get("valid_from"),
+        valid_to: r.get("valid_to"),
+    })
+    .collect();
+    let pairings = sqlx::query(
+        "SELECT p.pairing_id, p.supervisee_id, s.case_ref, p.enter_m, p.exit_m, p.ended_at \
+         FROM victim_pairings p JOIN supervisees s ON s.supervisee_id = p.supervisee_id \
+         WHERE p.victim_device_key = $1 ORDER BY p.pairing_id LIMIT 200",
+    )
+    .bind(key)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| Pairing {
+        pairing_id: r.get("pairing_id"),
+        supervisee_id: r.get("supervisee_id"),
+        case_ref: r.get("case_ref"),
+        enter_m: r.get("enter_m"),
+        exit_m: r.get("exit_m"),
+        ended_at: r.get("ended_at"),
+    })
+    .collect();
+    Ok(DeviceDetail {
+        device,
+        assignments,
+        pairings,
+    })
+}
+
+/// Filters of the device list.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeviceQuery {
+    /// Device ids starting with this text.
+    pub q: Option<String>,
+    /// Only revoked (true) or enrolled (false) devices.
+    pub revoked: Option<bool>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size 1..=500 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// Devices, in enrollment order (admins).
+#[utoipa::path(
+    get,
+    path = "/devices",
+    tag = "devices",
+    params(DeviceQuery),
+    responses((status = 200, description = "A page of devices", body = Page<Device>), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn list_devices(
+    State(st): State<ApiState>,
+    who: Principal,
+    ApiQuery(q): ApiQuery<DeviceQuery>,
+) -> Result<Json<Page<Device>>, ApiError> {
+    who.require(ADMIN)?;
+    let mut errs = Vec::new();
+    let after = id_cursor(&q.cursor, 0, &mut errs);
+    let limit = limit_of(q.limit, 100, 500, &mut errs);
+    if q.q.as_ref().is_some_and(|p| p.len() > 64) {
+        errs.push(FieldError::new("q", "longer than 64 characters"));
+    }
+    done(errs)?;
+    let rows = sqlx::query(&format!(
+        "{DEVICE_SQL} WHERE d.device_key > $2 \
+           AND ($3::text IS NULL OR starts_with(d.device_id, $3)) \
+           AND ($4::boolean IS NULL OR (d.revoked_at IS NOT NULL) = $4) \
+         ORDER BY d.device_key LIMIT $5"
+    ))
+    .bind(st.clock.now())
+    .bind(after)
+    .bind(&q.q)
+    .bind(q.revoked)
+    .bind(limit + 1)
+    .fetch_all(&st.pool)
+    .await?;
+    let mut keyed: Vec<(i64, Device)> = rows
+        .iter()
+        .map(|r| (r.get("device_key"), device_row(r)))
+        .collect();
+    let next_cursor = paginate(&mut keyed, limit, |(k, _)| *k);
+    Ok(Json(Page {
+        items: keyed.into_iter().map(|(_, d)| d).collect(),
+        next_cursor,
+    }))
+}
+
+/// One device with its assignments and pairings (admins).
+#[utoipa::path(
+    get,
+    path = "/devices/{device_id}",
+    tag = "devices",
+    params(("device_id" = String, Path, description = "Device id")),
+    responses((status = 200, description = "The device", body = DeviceDetail), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn get_device(
+    State(st): State<ApiState>,
+    who: Principal,
+    ApiPath(device_id): ApiPath<String>,
+) -> Result<Json<DeviceDetail>, ApiError> {
+    who.require(ADMIN)?;
+    let mut conn = st.pool.acquire().await?;
+    Ok(Json(
+        read_device(&mut conn, &device_id, st.clock.now()).await?,
+    ))
+}
+
+/// A device to enroll.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    /// 1..=64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit.
+    pub device_id: String,
+    /// Expected reporting interval, 1..=86400 s (default 60).
+    pub report_interval_s: Option<i32>,
+}
+
+fn check_interval(v: i32, errs: &mut Vec<FieldError>) {
+    if !(1..=86_400).contains(&v) {
+        errs.push(FieldError::new("report_interval_s", "must be 1..=86400"));
+    }
+}
+
+/// Enrolls a device (admins); running servers accept its messages within
+/// moments.
+#[utoipa::path(
+    post,
+    path = "/devices",
+    tag = "devices",
+    request_body = NewDevice,
+    responses((status = 200, description = "The enrolled device", body = DeviceDetail), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn create_device(
+    State(st): State<ApiState>,
+    who: Principal,
+    reason: AuditReason,
+    ApiJson(b): ApiJson<NewDevice>,
+) -> Result<Json<DeviceDetail>, ApiError> {
+    who.require(ADMIN)?;
+    let mut errs = Vec::new();
+    if let Err(e) = DeviceId::parse(&b.device_id) {
+        errs.push(FieldError::new("device_id", e.to_string()));
+    }
+    if let Some(i) = b.report_interval_s {
+        check_interval(i, &mut errs);
+    }
+    done(errs)?;
+    let now = st.clock.now();
+    let mut tx = st.pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO devices (device_id, enrolled_at, report_interval_s) \
+         VALUES ($1, $2, COALESCE($3, 60))",
+    )
+    .bind(&b.device_id)
+    .bind(now)
+    .bind(b.report_interval_s)
+    .execute(&mut *tx)
+    .await
+    .map_err(unique_as("a device with this device_id"))?;
+    audit::record(
+        &mut *tx,
+        &who,
+        &reason,
+        now,
+        config_entry(
+            "device.create",
+            None,
+            json!({"device_id": b.device_id, "report_interval_s": b.report_interval_s}),
+        ),
+    )
+    .await?;
+    let d = read_device(&mut tx, &b.device_id, now).await?;
+    tx.commit().await?;
+    Ok(Json(d))
+}
+
+/// Changes to a device.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePatch {
+    /// Expected reporting interval, 1..=86400 s.
+    pub report_interval_s: i32,
+}
+
+/// Changes a device's reporting interval (admins).
+#[utoipa::path(
+    patch,
+    path = "/devices/{device_id}",
+    tag = "devices",
+    params(("device_id" = String, Path, description = "Device id")),
+    request_body = DevicePatch,
+    responses((status = 200, description = "The device after the change", body = DeviceDetail), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn patch_device(
+    State(st): State<ApiState>,
+    who: Principal,
+    reason: AuditReason,
+    ApiPath(device_id): ApiPath<String>,
+    ApiJson(b): ApiJson<DevicePatch>,
+) -> Result<Json<DeviceDetail>, ApiError> {
+    who.require(ADMIN)?;
+    let mut errs = Vec::new();
+    check_interval(b.report_interval_s, &mut errs);
+    done(errs)?;
+    let now = st.clock.now();
+    let mut tx = st.pool.begin().await?;
+    let n = sqlx::query("UPDATE devices SET report_interval_s = $2 WHERE device_id = $1")
+        .bind(&device_id)
+        .bind(b.report_interval_s)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(ApiError::NotFound);
+    }
+    audit::record(
+        &mut *tx,
+        &who,
+        &reason,
+        now,
+        config_entry(
+            "device.update",
+            None,
+            json!({"device_id": device_id, "report_interval_s": b.report_interval_s}),
+        ),
+    )
+    .await?;
+    let d = read_device(&mut tx, &device_id, now).await?;
+    tx.commit().await?;
+    Ok(Json(d))
+}
+
+/// Revokes a device (admins): its messages are refused from now on. A
+/// device already revoked is a 409 (the first revocation time is kept).
+#[utoipa::path(
+    post,
+    path = "/devices/{device_id}/revoke",
+    tag = "devices",
+    params(("device_id" = String, Path, description = "Device id")),
+    responses((status = 200, description = "The revoked device", body = DeviceDetail), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn revoke_device(
+    State(st): State<ApiState>,
+    who: Principal,
+    reason: AuditReason,
+    ApiPath(device_id): ApiPath<String>,
+) -> Result<Json<DeviceDetail>, ApiError> {
+    who.require(ADMIN)?;
+    let now = st.clock.now();
+    let mut tx = st.pool.begin().await?;
+    let (key, revoked) = lock_device(&mut tx, &device_id).await?;
+    if let Some(at) = revoked {
+        return Err(ApiError::Conflict(format!(
+            "device {device_id} was already revoked at {}",
+            at.to_rfc3339()
+        )));
+    }
+    sqlx::query("UPDATE devices SET revoked_at = $2 WHERE device_key = $1")
+        .bind(key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    audit::record(
+        &mut *tx,
+        &who,
+        &reason,
+        now,
+        config_entry("device.revoke", None, json!({"device_id": device_id})),
+    )
+    .await?;
+    let d = read_device(&mut tx, &device_id, now).await?;
+    tx.commit().await?;
+    Ok(Json(d))
+}
+
+/// A dated assignment to make.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAssignment {
+    /// Who will wear the device.
+    pub supervisee_id: i64,
+    /// From (inclusive).
+    pub valid_from: DateTime<Utc>,
+    /// Until (exclusive); absent: until ended.
+    pub valid_to: Option<DateTime<Utc>>,
+}
+
+fn fmt_period(from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> String {
+    match to {
+        Some(t) => format!("from {} to {}", from.to_rfc3339(), t.to_rfc3339()),
+        None => format!("from {} with no end", from.to_rfc3339()),
+    }
+}
+
+/// Assigns a device to a supervisee for a dated period (admins). A device
+/// is worn by one person at a time: an overlapping assignment is a 409
+/// naming the one in the way.
+#[utoipa::path(
+    post,
+    path = "/devices/{device_id}/assignments",
+    tag = "devices",
+    params(("device_id" = String, Path, description = "Device id")),
+    request_body = NewAssignment,
+    responses((status = 200, description = "The device with the new assignment", body = DeviceDetail), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn assign_device(
+    State(st): State<ApiState>,
+    who: Principal,
+    reason: AuditReason,
+    ApiPath(device_id): ApiPath<String>,
+    ApiJson(b): ApiJson<NewAssignment>,
+) -> Result<Json<DeviceDetail>, ApiError> {
+    who.require(ADMIN)?;
+    let mut errs = Vec::new();
+    if b.valid_to.is_some_and(|t| t <= b.valid_from) {
+        errs.push(FieldError::new("valid_to", "must be after valid_from"));
+    }
+    let now = st.clock.now();
+    let mut tx = st.pool.begin().await?;
+    // The row lock serialises assignments of one device (the exclusion
+    // constraint stays the last word).
+    let (key, revoked) = lock_device(&mut tx, &device_id).await?;
+    let sup: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM supervisees WHERE supervisee_id = $1)")
+            .bind(b.supervisee_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if !sup {
+        errs.push(FieldError::new(
+            "supervisee_id",
+            "no supervisee has this id",
+        ));
+    }
+    done(errs)?;
+    if revoked.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "device {device_id} is revoked; it cannot be assigned"
+        )));
+    }
+    let paired: Option<i64> = sqlx::query_scalar(
+        "SELECT pairing_id FROM victim_pairings WHERE victim_device_key = $1 AND ended_at IS NULL \
+         LIMIT 1",
+    )
+    .bind(key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(p) = paired {
+        return Err(ApiError::Conflict(format!(
+            "device {device_id} is a victim's device (pairing {p}); end the pairing before \
+             assigning it to a supervisee"
+        )));
+    }
+    let clash = sqlx::query(
+        "SELECT assignment_id, supervisee_id, valid_from, valid_to FROM device_assignments \
+         WHERE device_key = $1 AND tstzrange(valid_from, valid_to) && tstzrange($2, $3) \
+         ORDER BY valid_from LIMIT 1",
+    )
+    .bind(key)
+    .bind(b.valid_from)
+    .bind(b.valid_to)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let overlap = |aid: Option<i64>, sid: Option<i64>, period: String| {
+        ApiError::Conflict(format!(
+            "device {device_id} is already assigned {period}{}{}: a device is worn by one \
+             person at a time; end that assignment or choose dates that do not overlap",
+            aid.map_or(String::new(), |a| format!(" (assignment {a}")),
+            sid.map_or(String::new(), |s| format!(", supervisee {s})")),
+        ))
+    };
+    if let Some(c) = clash {
+        return Err(overlap(
+            Some(c.get("assignment_id")),
+            Some(c.get("supervisee_id")),
+            fmt_period(c.get("valid_from"), c.get("valid_to")),
+        ));
+    }
+    let aid: i64 = sqlx::query_scalar(
+        "INSERT INTO device_assignments (device_key, supervisee_id, valid_from, valid_to) \
+         VALUES ($1, $2, $3, $4) RETURNING assignment_id",
+    )
+    .bind(key)
+    .bind(b.supervisee_id)
+    .bind(b.valid_from)
+    .bind(b.valid_to)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| {
+        if is_db_code(&e, "23P01") {
+            overlap(None, None, "for part of this period".into())
+        } else {
+            e.into()
+        }
+    })?;
+    audit::record(
+        &mut *tx,
+        &who,
+        &reason,
+        now,
+        Entry::supervisee("device.assign", b.supervisee_id).with(json!({
+            "device_id": device_id, "assignment_id": aid,
+            "valid_from": b.valid_from, "valid_to": b.valid_to,
+        })),
+    )
+    .await?;
+    let d = read_device(&mut tx, &device_id, now).await?;
+    tx.commit().await?;
+    Ok(Json(d))
+}
+
+/// When an assignment ends.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndAssignment {
+    /// End (exclusive): after the assignment's start, and before its
+    /// current end if it has one.
+    pub at: DateTime<Utc>,
+}
+
+/// Ends (or brings forward the end of) an assignment (admins), e.g. when
+/// the device is handed back.
+#[utoipa::path(
+    post,
+    path = "/devices/{device_id}/assignments/{assignment_id}/end",
+    tag = "devices",
+    params(
+        ("device_id" = String, Path, description = "Device id"),
+        ("assignment_id" = i64, Path, description = "Assignment id"),
+    ),
+    request_body = EndAssignment,
+    responses((status = 200, description = "The device after the change", body = DeviceDetail), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn end_assignment(
+    State(st): State<ApiState>,
+    who: Principal,
+    reason: AuditReason,
+    ApiPath((device_id, assignment_id)): ApiPath<(String, i64)>,
+    ApiJson(b): ApiJson<EndAssignment>,
+) -> Result<Json<DeviceDetail>, ApiError> {
+    who.require(ADMIN)?;
+    let now = st.clock.now();
+    let mut tx = st.pool.begin().await?;
+    let r = sqlx::query(
+        "SELECT a.supervisee_id, a.valid_from, a.valid_to FROM device_assignments a \
+         JOIN devices d ON d.device_key = a.device_key \
+         WHERE d.device_id = $1 AND a.assignment_id = $2 FOR UPDATE OF a",
+    )
+    .bind(&device_id)
+    .bind(assignment_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(ApiError::NotFound)?;
+    let (sid, from, to): (i64, DateTime<Utc>, Option<DateTime<Utc>>) =
+        (r.get(0), r.get(1), r.get(2));
+    if b.at <= from {
+        return Err(ApiError::field(
+            "at",
+            format!(
+                "must be after the assignment's valid_from ({})",
+                from.to_rfc3339()
+            ),
+        ));
+    }
+    if let Some(t) = to.filter(|t| b.at >= *t) {
+        return Err(ApiError::Conflict(format!(
+            "assignment {assignment_id} already ends at {}",
+            t.to_rfc3339()
+        )));
+    }
+    sqlx::query("UPDATE device_assignments SET valid_to = $2 WHERE assignment_id = $1")
+        .bind(assignment_id)
+        .bind(b.at)
+        .execute(&mut *tx)
+        .await?;
+    audit::record(
+        &mut *tx,
+        &who,
+        &reason,
+        now,
+        Entry::supervisee("device.unassign", sid).with(json!({
+            "device_id": device_id, "assignment_id": assignment_id,
+            "valid_to": b.at, "previous_valid_to": to,
+        })),
+    )
+    .await?;
+    let d = read_device(&mut tx, &device_id, now).await?;
+    tx.commit().await?;
+    Ok(Json(d))
+}
+
+/// A victim device to pair with a supervisee.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPairing {
+    /// The supervisee to be kept away from this device.
+    pub supervisee_id: i64,
+    /// Alert when closer than this, metres (0 < enter_m <= 100000).
+    pub enter_m: f64,
+    /// The condition ends beyond this, metres (>= enter_m; hysteresis).
+    pub exit_m: f64,
+}
+
+/// Pairs this (victim's) device with a supervisee for proximity alerts
+/// (admins). Pairing the same two again updates the distances and reopens
+/// an ended pairing.
+#[utoipa::path(
+    post,
+    path = "/devices/{device_id}/pairing",
+    tag = "devices",
+    params(("device_id" = String, Path, description = "The victim's device id")),
+    request_body = NewPairing,
+    responses((status = 200, description = "The device with its pairings", body = DeviceDetail), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn pair_device(
+    State(st): State<ApiState>,
+    who: Principal,
+    reason: AuditReason,
+    ApiPath(device_id): ApiPath<String>,
+    ApiJson(b): ApiJson<NewPairing>,
+) -> Result<Json<DeviceDetail>, ApiError> {
+    who.require(ADMIN)?;
+    let mut errs = Vec::new();
+    if !(b.enter_m.is_finite() && b.enter_m > 0.0 && b.enter_m <= 100_000.0) {
+        errs.push(FieldError::new("enter_m", "must be > 0 and <= 100000"));
+    } else if !(b.exit_m.is_finite() && b.exit_m >= b.enter_m && b.exit_m <= 200_000.0) {
+        errs.push(FieldError::new(
+            "exit_m",
+            "must be at least enter_m and <= 200000",
+        ));
+    }
+    let now = st.clock.now();
+    let mut tx = st.pool.begin().await?;
+    let (key, revoked) = lock_device(&mut tx, &device_id).await?;
+    let sup: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM supervisees WHERE supervisee_id = $1)")
+            .bind(b.supervisee_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if !sup {
+        errs.push(FieldError::new(
+            "supervisee_id",
+            "no supervisee has this id",
+        ));
+    }
+    done(errs)?;
+    if revoked.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "device {device_id} is revoked; it cannot be paired"
+        )));
+    }
+    let worn: Option<i64> = sqlx::query_scalar(
+        "SELECT assignment_id FROM device_assignments WHERE device_key = $1 \
+         AND (valid_to IS NULL OR valid_to > $2) LIMIT 1",
+    )
+    .bind(key)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(a) = worn {
+        return Err(ApiError::Conflict(format!(
+            "device {device_id} is assigned to a supervisee (assignment {a}); a victim's \
+             device must not also be a supervisee's"
+        )));
+    }
+    let pid: i64 = sqlx::query_scalar(
+        "INSERT INTO victim_pairings (victim_device_key, supervisee_id, enter_m, exit_m) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (victim_device_key, supervisee_id) DO UPDATE \
+         SET enter_m = EXCLUDED.enter_m, exit_m = EXCLUDED.exit_m, ended_at = NULL \
+         RETURNING pairing_id",
+    )
+    .bind(key)
+    .bind(b.supervisee_id)
+    .bind(b.enter_m as f32)
+    .bind(b.exit_m as f32)
+    .fetch_one(&mut *tx)
+    .await?;
+    audit::record(
+        &mut *tx,
+        &who,
+        &reason,
+        now,
+        Entry::supervisee("device.pair", b.supervisee_id).with(json!({
+            "device_id": device_id, "pairing_id": pid, "enter_m": b.enter_m, "exit_m": b.exit_m,
+        })),
+    )
+    .await?;
+    let d = read_device(&mut tx, &device_id, now).await?;
+    tx.commit().await?;
+    Ok(Json(d))
+}
+
+/// Ends a victim-device pairing now (admins); proximity alerts for it stop.
+#[utoipa::path(
+    post,
+    path = "/devices/{device_id}/pairings/{pairing_id}/end",
+    tag = "devices",
+    params(
+        ("device_id" = String, Path, description = "The victim's device id"),
+        ("pairing_id" = i64, Path, description = "Pairing id"),
+    ),
+    responses((status = 200, description = "The device with its pairings", body = DeviceDetail), StdErrors),
+    security(("bearer" = []))
+)]
+pub async fn end_pairing(
+    State(st): State<ApiState>,
+    who: Principal,
+    reason: AuditReason,
+    ApiPath((device_id, pairing_id)): ApiPath<(String, i64)>,
+) -> Result<Json<DeviceDetail>, ApiError> {
+    who.require(ADMIN)?;
+    let now = st.clock.now();
+    let mut tx = st.pool.begin().await?;
+    let r = sqlx::query(
+        "SELECT p.supervisee_id, p.ended_at FROM victim_pairings p \
+         JOIN devices d ON d.device_key = p.victim_device_key \
+         WHERE d.device_id = $1 AND p.pairing_id = $2 FOR UPDATE OF p",
+    )
+    .bind(&device_id)
+    .bind(pairing_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(ApiError::NotFound)?;
+    let (sid, ended): (i64, Option<DateTime<Utc>>) = (r.get(0), r.get(1));
+    if let Some(at) = ended {
+        return Err(ApiError::Conflict(format!(
+            "pairing {pairing_id} already ended at {}",
+            at.to_rfc3339()
+        )));
+    }
+    sqlx::query("UPDATE victim_pairings SET ended_at = $2 WHERE pairing_id = $1")
+        .bind(pairing_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    audit::record(
+        &mut *tx,
+        &who,
+        &reason,
+        now,
+        Entry::supervisee("device.unpair", sid)
+            .with(json!({"device_id": device_id, "pairing_id": pairing_id})),
+    )
+    .await?;
+    let d = read_device(&mut tx, &device_id, now).await?;
+    tx.commit().await?;
+    Ok(Json(d))
+}
+
+/// Routes of this module.
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_supervisees, create_supervisee))
+        .routes(routes!(get_supervisee, patch_supervisee))
+        .routes(routes!(list_officers, create_officer))
+        .routes(routes!(patch_officer))
+        .routes(routes!(list_teams, create_team))
+        .routes(routes!(patch_team))
+        .routes(routes!(list_devices, create_device))
+        .routes(routes!(get_device, patch_device))
+        .routes(routes!(revoke_device))
+        .routes(routes!(assign_device))
+        .routes(routes!(end_assignment))
+        .routes(routes!(pair_device))
+        .routes(routes!(end_pairing))
+}
