@@ -582,6 +582,9 @@ pub async fn resolve(
     ApiJson(body): ApiJson<ResolveBody>,
 ) -> Result<Json<AlertDetail>, ApiError> {
     who.require(CASEWORK)?;
+    // Authorization before validation: a forbidden caller learns nothing
+    // from the body's errors.
+    let body = body?;
     let mut errs = Vec::new();
     let outcome = body
         .outcome
@@ -617,6 +620,9 @@ pub async fn add_note(
     ApiJson(body): ApiJson<NoteBody>,
 ) -> Result<Json<AlertDetail>, ApiError> {
     who.require(CASEWORK)?;
+    // Authorization before validation: a forbidden caller learns nothing
+    // from the body's errors.
+    let body = body?;
     let mut errs = Vec::new();
     check_note(&body.note, &mut errs);
     if !errs.is_empty() {

@@ -172,7 +172,7 @@ pub struct AuditQuery {
     ),
     security(("bearer" = []))
 )]
-pub async fn query(
+pub async fn query_audit(
     axum::extract::State(st): axum::extract::State<ApiState>,
     who: Principal,
     ApiQuery(q): ApiQuery<AuditQuery>,
@@ -228,7 +228,7 @@ pub async fn query(
 
 /// Routes of this module.
 pub fn routes() -> utoipa_axum::router::OpenApiRouter<ApiState> {
-    utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(query))
+    utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(query_audit))
 }
 
 /// Used by tests and tools: how many records name this action.

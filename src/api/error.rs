@@ -262,10 +262,13 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-/// `Json<T>` whose rejections are problems: syntax 400, wrong shape 422,
-/// missing content type 415, oversize 413.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ApiJson<T>(pub T);
+/// A JSON body whose rejections are problems: syntax 400, wrong shape 422,
+/// missing content type 415, oversize 413. The outcome is handed to the
+/// handler rather than failing the request, so handlers check the caller's
+/// role first (`let body = body?;` after `require`): a caller who may not
+/// use an endpoint gets 403 whatever the body, never validation details.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub Result<T, ApiError>);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
@@ -275,10 +278,12 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(r) => Err(json_rejection(r)),
-        }
+        Ok(Self(
+            axum::Json::<T>::from_request(req, state)
+                .await
+                .map(|axum::Json(v)| v)
+                .map_err(json_rejection),
+        ))
     }
 }
 

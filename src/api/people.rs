@@ -396,6 +396,9 @@ pub async fn create_supervisee(
     ApiJson(b): ApiJson<NewSupervisee>,
 ) -> Result<Json<SuperviseeDetail>, ApiError> {
     who.require(ADMIN)?;
+    // Authorization before validation: a forbidden caller learns nothing
+    // from the body's errors.
+    let b = b?;
     let mut errs = Vec::new();
     check_text("case_ref", &b.case_ref, 128, &mut errs);
     if let Some(n) = &b.display_name {
@@ -467,6 +470,9 @@ pub async fn patch_supervisee(
     ApiJson(b): ApiJson<SuperviseePatch>,
 ) -> Result<Json<SuperviseeDetail>, ApiError> {
     who.require(ADMIN)?;
+    // Authorization before validation: a forbidden caller learns nothing
+    // from the body's errors.
+    let b = b?;
     let mut errs = Vec::new();
     if b.display_name.is_none() && b.time_zone.is_none() && b.officer_ref.is_none() {
         errs.push(FieldError::new("body", "names no field to change"));
@@ -691,6 +697,9 @@ pub async fn create_officer(
     ApiJson(b): ApiJson<NewOfficer>,
 ) -> Result<Json<Officer>, ApiError> {
     who.require(ADMIN)?;
+    // Authorization before validation: a forbidden caller learns nothing
+    // from the body's errors.
+    let b = b?;
     let mut errs = Vec::new();
     check_text("officer_ref", &b.officer_ref, 128, &mut errs);
     check_text("display_name", &b.display_name, 200, &mut errs);
@@ -762,6 +771,9 @@ pub async fn patch_officer(
     ApiJson(b): ApiJson<OfficerPatch>,
 ) -> Result<Json<Officer>, ApiError> {
     who.require(ADMIN)?;
+    // Authorization before validation: a forbidden caller learns nothing
+    // from the body's errors.
+    let b = b?;
     let mut errs = Vec::new();
     if b.officer_ref.is_none()
         && b.display_name.is_none()
@@ -956,6 +968,9 @@ pub async fn create_team(
     ApiJson(b): ApiJson<NewTeam>,
 ) -> Result<Json<Team>, ApiError> {
     who.require(ADMIN)?;
+    // Authorization before validation: a forbidden caller learns nothing
+    // from the body's errors.
+    let b = b?;
     let mut errs = Vec::new();
     check_text("team_ref", &b.team_ref, 128, &mut errs);
     check_text("name", &b.name, 200, &mut errs);
@@ -1023,6 +1038,9 @@ pub async fn patch_team(
     ApiJson(b): ApiJson<TeamPatch>,
 ) -> Result<Json<Team>, ApiError> {
     who.require(ADMIN)?;
+    // Authorization before validation: a forbidden caller learns nothing
+    // from the body's errors.
+    let b = b?;
     let mut errs = Vec::new();
     if b.team_ref.is_none() && b.name.is_none() && b.supervisor_ref.is_none() {
         errs.push(FieldError::new("body", "names no field to change"));
@@ -1356,6 +1374,9 @@ pub async fn create_device(
     ApiJson(b): ApiJson<NewDevice>,
 ) -> Result<Json<DeviceDetail>, ApiError> {
     who.require(ADMIN)?;
+    // Authorization before validation: a forbidden caller learns nothing
+    // from the body's errors.
+    let b = b?;
     let mut errs = Vec::new();
     if let Err(e) = DeviceId::parse(&b.device_id) {
         errs.push(FieldError::new("device_id", e.to_string()));
@@ -1419,6 +1440,9 @@ pub async fn patch_device(
     ApiJson(b): ApiJson<DevicePatch>,
 ) -> Result<Json<DeviceDetail>, ApiError> {
     who.require(ADMIN)?;
+    // Authorization before validation: a forbidden caller learns nothing
+    // from the body's errors.
+    let b = b?;
     let mut errs = Vec::new();
     check_interval(b.report_interval_s, &mut errs);
     done(errs)?;
@@ -1533,6 +1557,9 @@ pub async fn assign_device(
     ApiJson(b): ApiJson<NewAssignment>,
 ) -> Result<Json<DeviceDetail>, ApiError> {
     who.require(ADMIN)?;
+    // Authorization before validation: a forbidden caller learns nothing
+    // from the body's errors.
+    let b = b?;
     let mut errs = Vec::new();
     if b.valid_to.is_some_and(|t| t <= b.valid_from) {
         errs.push(FieldError::new("valid_to", "must be after valid_from"));
@@ -1661,6 +1688,9 @@ pub async fn end_assignment(
     ApiJson(b): ApiJson<EndAssignment>,
 ) -> Result<Json<DeviceDetail>, ApiError> {
     who.require(ADMIN)?;
+    // Authorization before validation: a forbidden caller learns nothing
+    // from the body's errors.
+    let b = b?;
     let now = st.clock.now();
     let mut tx = st.pool.begin().await?;
     let r = sqlx::query(
@@ -1743,6 +1773,9 @@ pub async fn pair_device(
     ApiJson(b): ApiJson<NewPairing>,
 ) -> Result<Json<DeviceDetail>, ApiError> {
     who.require(ADMIN)?;
+    // Authorization before validation: a forbidden caller learns nothing
+    // from the body's errors.
+    let b = b?;
     let mut errs = Vec::new();
     if !(b.enter_m.is_finite() && b.enter_m > 0.0 && b.enter_m <= 100_000.0) {
         errs.push(FieldError::new("enter_m", "must be > 0 and <= 100000"));

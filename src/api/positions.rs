@@ -188,7 +188,7 @@ pub async fn list_positions(
     responses((status = 200, description = "The latest position (fields null if none)", body = LatestPosition), StdErrors),
     security(("bearer" = []))
 )]
-pub async fn one(
+pub async fn supervisee_position(
     State(st): State<ApiState>,
     who: Principal,
     reason: AuditReason,
@@ -637,6 +637,6 @@ pub async fn track(
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(list_positions))
-        .routes(routes!(one))
+        .routes(routes!(supervisee_position))
         .routes(routes!(track))
 }

@@ -235,7 +235,7 @@ impl Feed {
     responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String), StdErrors),
     security(("bearer" = []), ())
 )]
-pub async fn stream(
+pub async fn alert_stream(
     State(st): State<ApiState>,
     headers: HeaderMap,
     reason: AuditReason,
@@ -314,5 +314,5 @@ fn last_event_id(h: &HeaderMap) -> Result<Option<i64>, ApiError> {
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(create_ticket))
-        .routes(routes!(stream))
+        .routes(routes!(alert_stream))
 }

@@ -616,6 +616,9 @@ pub async fn create_zone(
     ApiJson(b): ApiJson<NewZone>,
 ) -> Result<Json<ZoneFeature>, ApiError> {
     who.require(ADMIN)?;
+    // Authorization before validation: a forbidden caller learns nothing
+    // from the body's errors.
+    let b = b?;
     let mut errs = Vec::new();
     check_text("zone_ref", &b.zone_ref, 128, &mut errs);
     check_text("name", &b.name, 200, &mut errs);
@@ -694,6 +697,9 @@ pub async fn put_geometry(
     ApiJson(b): ApiJson<NewGeometry>,
 ) -> Result<Json<ZoneFeature>, ApiError> {
     who.require(ADMIN)?;
+    // Authorization before validation: a forbidden caller learns nothing
+    // from the body's errors.
+    let b = b?;
     let mut errs = Vec::new();
     let geo = canonical_geometry(b.geojson, &mut errs).await?;
     done(errs)?;
@@ -972,6 +978,9 @@ pub async fn create_rule(
     ApiJson(b): ApiJson<NewRule>,
 ) -> Result<Json<RuleOut>, ApiError> {
     who.require(ADMIN)?;
+    // Authorization before validation: a forbidden caller learns nothing
+    // from the body's errors.
+    let b = b?;
     let mut errs = Vec::new();
     if !ROLES.contains(&b.role.as_str()) {
         errs.push(FieldError::new(
@@ -1342,6 +1351,9 @@ pub async fn create_exception(
     ApiJson(b): ApiJson<NewException>,
 ) -> Result<Json<ExceptionOut>, ApiError> {
     who.require(READERS)?;
+    // Authorization before validation: a forbidden caller learns nothing
+    // from the body's errors.
+    let b = b?;
     let mut errs = Vec::new();
     if b.ends_at <= b.starts_at {
         errs.push(FieldError::new("ends_at", "must be after starts_at"));
