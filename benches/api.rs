@@ -85,15 +85,15 @@ async fn main() {
         ob.clone(),
         cancel.clone(),
     ));
-    let state = ApiState {
-        pool: pool.clone(),
-        outbox: ob.clone(),
-        clock: Arc::new(SystemClock),
-        cfg: Arc::new(ApiConfig {
+    let state = ApiState::new(
+        waypoint::api::pool_for_api(&pool),
+        ob.clone(),
+        Arc::new(SystemClock),
+        ApiConfig {
             escalate_after: [None; 4],
             ..ApiConfig::default()
-        }),
-    };
+        },
+    );
     let app = waypoint::api::router(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/api/v1", listener.local_addr().unwrap());

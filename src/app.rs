@@ -157,12 +157,12 @@ pub async fn start<S: Store>(
         mqtt: mqtt_status.clone(),
     });
     if let (Some(api_cfg), Some(pool)) = (cfg.api.clone(), store.officer_api_pool()) {
-        let state = ApiState {
-            pool,
-            outbox: outbox.clone(),
-            clock: clock.clone(),
-            cfg: Arc::new(api_cfg),
-        };
+        let state = ApiState::new(
+            api::pool_for_api(&pool),
+            outbox.clone(),
+            clock.clone(),
+            api_cfg,
+        );
         tracker.spawn(escalation::run(state.clone(), stopped.clone()));
         tracker.spawn(crate::store::postgres::watch_alert_log(
             state.pool.clone(),

@@ -87,8 +87,8 @@ pub enum TokensCmd {
         /// A label to recognise it by.
         #[arg(long)]
         label: Option<String>,
-        /// Expires after this many days (default: never).
-        #[arg(long)]
+        /// Expires after this many days, 1..=3650 (default: never).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
         expires_in_days: Option<u32>,
         /// Database.
         #[command(flatten)]
@@ -346,8 +346,8 @@ fn parse_duration(v: &str) -> Result<Option<Duration>, String> {
         "h" => n.saturating_mul(3600),
         _ => return Err(format!("{v:?}: unit must be s, m or h")),
     };
-    if secs == 0 {
-        return Err(format!("{v:?}: must be positive (or off)"));
+    if secs == 0 || secs > 30 * 86_400 {
+        return Err(format!("{v:?}: must be between 1s and 30 days (or off)"));
     }
     Ok(Some(Duration::from_secs(secs)))
 }
@@ -488,6 +488,9 @@ mod tests {
         assert!(args(&["--escalate-after", "critical=5x"])
             .unwrap_err()
             .contains("unit"));
+        assert!(args(&["--escalate-after", "critical=3000000000h"])
+            .unwrap_err()
+            .contains("30 days"));
         assert!(args(&["--escalate-after", "urgent=5m"])
             .unwrap_err()
             .contains("severity"));

@@ -1038,3 +1038,117 @@ async fn roles_are_enforced() {
     let r = w.api.call(Method::GET, "/supervisees", None, None).await;
     assert_problem(&r, 401);
 }
+
+#[tokio::test]
+async fn recorded_history_cannot_be_moved_to_another_caseload() {
+    let db = TestDb::new().await;
+    let api = ApiServer::start(&db, ApiConfig::default()).await;
+    let org = Org::create(&db.pool).await;
+    let now = api.clock.now();
+    let start = now - TimeDelta::days(2);
+    let key = assign_device(&db.pool, "tag-h", org.case_a, start).await;
+    insert_fixes(
+        &db.pool,
+        key,
+        start + TimeDelta::hours(1),
+        TimeDelta::minutes(1),
+        60,
+    )
+    .await;
+    let aid: i64 =
+        sqlx::query_scalar("SELECT assignment_id FROM device_assignments WHERE device_key = $1")
+            .bind(key)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    // Ending A's assignment before the fixes, to hand them to B: refused.
+    let back = api
+        .post(
+            &format!("/devices/tag-h/assignments/{aid}/end"),
+            &org.admin,
+            json!({"at": (start + TimeDelta::minutes(30)).to_rfc3339()}),
+        )
+        .await;
+    assert_problem(&back, 422);
+    assert_eq!(back.body["errors"][0]["field"], "at");
+    // Ending it now is fine; assigning B from before the fixes is not.
+    let ok = api
+        .post(
+            &format!("/devices/tag-h/assignments/{aid}/end"),
+            &org.admin,
+            json!({"at": now.to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    let steal = api
+        .post(
+            "/devices/tag-h/assignments",
+            &org.admin,
+            json!({"supervisee_id": org.case_b, "valid_from": start.to_rfc3339()}),
+        )
+        .await;
+    assert!(steal.status.is_client_error(), "{}", steal.text);
+    // A's officer still has the whole recorded track; B's has none of it.
+    let q = format!(
+        "from={}&to={}",
+        start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let a = api
+        .get(
+            &format!("/supervisees/{}/track?{q}", org.case_a),
+            &org.off_a,
+        )
+        .await;
+    assert_eq!(a.body["fixes"].as_array().unwrap().len(), 60, "{}", a.text);
+    let b = api
+        .get(
+            &format!("/supervisees/{}/track?{q}", org.case_b),
+            &org.off_b,
+        )
+        .await;
+    assert_eq!(
+        b.body["fixes"].as_array().map_or(0, |f| f.len()),
+        0,
+        "{}",
+        b.text
+    );
+}
+
+#[tokio::test]
+async fn officers_approve_bounded_absences_only() {
+    let db = TestDb::new().await;
+    let api = ApiServer::start(&db, ApiConfig::default()).await;
+    let org = Org::create(&db.pool).await;
+    let now = api.clock.now();
+    let path = format!("/supervisees/{}/exceptions", org.case_a);
+    let body = |from: chrono::DateTime<chrono::Utc>, days: i64| {
+        json!({"starts_at": from.to_rfc3339(), "ends_at": (from + TimeDelta::days(days)).to_rfc3339(),
+               "reason": "hospital"})
+    };
+    let ok = api
+        .post(&path, &org.off_a, body(now + TimeDelta::hours(1), 2))
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    let forever = api.post(&path, &org.off_a, body(now, 3650)).await;
+    assert_problem(&forever, 422);
+    assert_eq!(forever.body["errors"][0]["field"], "ends_at");
+    let retro = api
+        .post(&path, &org.off_a, body(now - TimeDelta::days(10), 2))
+        .await;
+    assert_problem(&retro, 422);
+    assert_eq!(retro.body["errors"][0]["field"], "starts_at");
+    // An administrator may set a longer one.
+    let long = api
+        .post(&path, &org.admin, body(now + TimeDelta::days(1), 60))
+        .await;
+    assert_eq!(long.status, 200, "{}", long.text);
+    // Cancelling records who and when on the exception itself.
+    let id = ok.body["exception_id"].as_i64().unwrap();
+    let c = api
+        .post(&format!("{path}/{id}/cancel"), &org.off_a, json!({}))
+        .await;
+    assert_eq!(c.status, 200, "{}", c.text);
+    assert_eq!(c.body["cancelled_by"], "off-a");
+    assert_eq!(c.body["status"], "cancelled");
+}

@@ -764,3 +764,125 @@ async fn malformed_and_oversize_requests_get_4xx_problems() {
     assert_problem(&huge_reason, 422);
     assert_eq!(huge_reason.body["errors"][0]["field"], "X-Audit-Reason");
 }
+
+#[tokio::test]
+async fn an_open_stream_stops_when_its_token_is_revoked() {
+    let db = TestDb::new().await;
+    let api = ApiServer::start(
+        &db,
+        ApiConfig {
+            stream_recheck: Duration::from_millis(300),
+            ..ApiConfig::default()
+        },
+    )
+    .await;
+    let org = Org::create(&db.pool).await;
+    let t = token(&db.pool, waypoint::api::auth::Role::Officer, Some("off-a")).await;
+    let resp = api
+        .http
+        .get(format!("{}/alerts/stream", api.base))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE secret_hash = $1")
+        .bind(waypoint::api::auth::hash_secret(&t))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // The server ends the stream at its next re-check; an alert raised
+    // after that never reaches the revoked caller.
+    let mut body = resp.bytes_stream();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(chunk) = body.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "stream still open after its token was revoked"
+    );
+    drop(org);
+}
+
+#[tokio::test]
+async fn a_team_supervisor_who_is_not_a_member_sees_the_team_and_its_escalations() {
+    let w = world().await;
+    // sup-s supervises team south without being a member of it.
+    let sup: i64 = sqlx::query_scalar(
+        "INSERT INTO officers (officer_ref, display_name) VALUES ('sup-s', 'S') RETURNING officer_id",
+    )
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE teams SET supervisor_id = $1 WHERE team_id = $2")
+        .bind(sup)
+        .bind(w.org.team_south)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    let sup_s = token(
+        &w.db.pool,
+        waypoint::api::auth::Role::Supervisor,
+        Some("sup-s"),
+    )
+    .await;
+    let now = w.api.clock.now();
+    let c = insert_alert(
+        &w.db.pool,
+        w.dev_c,
+        w.org.case_c,
+        "strap_tamper",
+        "critical",
+        now,
+    )
+    .await;
+    w.api.clock.advance(TimeDelta::minutes(6));
+    assert_eq!(escalate_due(&w.api.state).await.unwrap(), 1);
+    let d = w.api.get(&format!("/alerts/{c}"), &sup_s).await;
+    assert_eq!(d.status, 200, "{}", d.text);
+    assert_eq!(d.body["escalations"][0]["to_officer_ref"], "sup-s");
+    // ...and nothing of team north.
+    let a = insert_alert(
+        &w.db.pool,
+        w.dev_a,
+        w.org.case_a,
+        "strap_tamper",
+        "critical",
+        now,
+    )
+    .await;
+    assert_problem(&w.api.get(&format!("/alerts/{a}"), &sup_s).await, 404);
+}
+
+#[tokio::test]
+async fn out_of_range_values_are_4xx_never_5xx() {
+    let w = world().await;
+    for q in [
+        "from=-5000-01-01T00:00:00Z",
+        "to=+200000-01-01T00:00:00Z",
+        "cursor=-8000000000000000000_1",
+        "cursor=9223372036854775807_9223372036854775807",
+        "supervisee_id=9223372036854775807",
+    ] {
+        let r = w
+            .api
+            .get(&format!("/alerts?{}", q.replace('+', "%2B")), &w.org.off_a)
+            .await;
+        assert!(
+            r.status.is_client_error() || r.status == 200,
+            "{q}: {}",
+            r.text
+        );
+        assert_eq!(r.status == 200, r.content_type == "application/json", "{q}");
+    }
+    let r = w
+        .api
+        .get("/audit?from=-5000-01-01T00:00:00Z", &w.org.auditor)
+        .await;
+    assert!(r.status.is_client_error(), "{}", r.text);
+}

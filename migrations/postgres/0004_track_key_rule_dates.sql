@@ -27,3 +27,7 @@ END $$;
 -- in force. Rules that existed before this migration get the migration's
 -- time: their earlier nights are not counted (conservative, never inflated).
 ALTER TABLE rules ADD COLUMN created_at timestamptz NOT NULL DEFAULT now();
+
+-- Approved absences are cancelled, never deleted: who cut one short, when.
+ALTER TABLE rule_exceptions ADD COLUMN cancelled_at timestamptz,
+                            ADD COLUMN cancelled_by text;

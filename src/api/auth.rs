@@ -107,9 +107,15 @@ impl Principal {
     pub fn scope_sql(&self) -> &'static str {
         match self.role {
             Role::Officer => "s.officer_ref = $1",
+            // Their own caseload, and the caseloads of every officer in a
+            // team they belong to or supervise (escalations go to a team's
+            // supervisor, who must then see the alert). Written as one IN
+            // over a union: an OR here makes the planner scan every alert.
             Role::Supervisor => {
-                "(s.officer_ref = $1 OR s.officer_ref IN (SELECT o2.officer_ref FROM officers o2 \
-                 WHERE o2.team_id = (SELECT o3.team_id FROM officers o3 WHERE o3.officer_ref = $1)))"
+                "s.officer_ref IN (SELECT $1::text UNION SELECT o2.officer_ref FROM officers o2 \
+                 WHERE o2.team_id IN (SELECT o3.team_id FROM officers o3 WHERE o3.officer_ref = $1 \
+                 UNION SELECT t.team_id FROM teams t JOIN officers o4 \
+                 ON o4.officer_id = t.supervisor_id WHERE o4.officer_ref = $1))"
             }
             Role::Admin => "($1::text IS NULL OR $1::text IS NOT NULL)",
             Role::Auditor => "($1::text IS NULL AND false)",

@@ -249,7 +249,10 @@ impl From<sqlx::Error> for ApiError {
                 Some("23503") => {
                     return Self::Conflict("refers to a record that does not exist".into())
                 }
-                Some("23514") | Some("22001") | Some("22003") | Some("22P02") => {
+                // Check violations; too long; out of range (numbers, dates:
+                // 22008 datetime overflow, 22007 bad datetime format).
+                Some("23514") | Some("22001") | Some("22003") | Some("22P02") | Some("22008")
+                | Some("22007") => {
                     return Self::Validation(vec![FieldError::new(
                         "body",
                         "a value is out of the allowed range",
@@ -257,6 +260,14 @@ impl From<sqlx::Error> for ApiError {
                 }
                 _ => {}
             }
+        }
+        // A value the driver cannot encode (e.g. a year outside PostgreSQL's
+        // range) came from the request.
+        if let sqlx::Error::Encode(_) = &e {
+            return Self::Validation(vec![FieldError::new(
+                "body",
+                "a value is out of the allowed range",
+            )]);
         }
         crate::store::postgres::classify(e).into()
     }
@@ -303,7 +314,8 @@ fn json_rejection(r: JsonRejection) -> ApiError {
     }
 }
 
-/// `Query<T>` whose rejections are 400 problems naming the parameter.
+/// `Query<T>` whose rejections are problems: a value of the wrong type 422
+/// (naming the parameter), anything else 400.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApiQuery<T>(pub T);
 
@@ -325,8 +337,8 @@ where
     }
 }
 
-/// `Path<T>` whose rejections are 400 problems (a non-numeric id is a bad
-/// request, not a missing resource).
+/// `Path<T>` whose rejections are problems: a value of the wrong type (a
+/// non-numeric id) 422, not a missing resource; anything else 400.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApiPath<T>(pub T);
 

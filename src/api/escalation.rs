@@ -56,10 +56,16 @@ pub async fn escalate_due(st: &ApiState) -> Result<u64, ApiError> {
         Severity::Low,
     ] {
         if let Some(limit) = st.cfg.escalation_limit(s) {
-            let limit = chrono::TimeDelta::from_std(limit)
-                .map_err(|e| ApiError::Internal(format!("escalation limit: {e}")))?;
+            // Limits are bounded by configuration (≤ 30 days); checked anyway
+            // so a bad value can never stop escalation for every severity.
+            let Some(cutoff) = chrono::TimeDelta::from_std(limit)
+                .ok()
+                .and_then(|l| now.checked_sub_signed(l))
+            else {
+                continue;
+            };
             sevs.push(s.as_str());
-            cutoffs.push(now - limit);
+            cutoffs.push(cutoff);
         }
     }
     if sevs.is_empty() {
@@ -74,6 +80,7 @@ pub async fn escalate_due(st: &ApiState) -> Result<u64, ApiError> {
          LEFT JOIN supervisees s ON s.supervisee_id = a.supervisee_id \
          LEFT JOIN officers o ON o.officer_ref = s.officer_ref \
          LEFT JOIN teams t ON t.team_id = o.team_id \
+           AND EXISTS (SELECT 1 FROM officers sup WHERE sup.officer_id = t.supervisor_id AND sup.active) \
          WHERE a.status = 'open' AND a.escalated_at IS NULL \
          ORDER BY a.raised_at LIMIT $3 FOR UPDATE OF a SKIP LOCKED",
     )
@@ -90,7 +97,8 @@ pub async fn escalate_due(st: &ApiState) -> Result<u64, ApiError> {
         let alert_id: i64 = r.get("alert_id");
         let severity: String = r.get("severity");
         let officer: Option<i64> = r.get("officer_id");
-        // A supervisor's own alert goes to on-call, not back to them.
+        // A supervisor's own alert goes to on-call, not back to them; so does
+        // one whose team's supervisor is inactive (joined as absent above).
         let to = r
             .get::<Option<i64>, _>("supervisor_id")
             .filter(|s| Some(*s) != officer);

@@ -172,7 +172,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 /// with the alerts raised in it, the officers' decisions on them and the
 /// zone versions in force; see the module documentation for what each
 /// format carries (CSV: fixes only). More than the configured maximum of
-/// fixes (default 2 000 000) is refused with 422 naming `to`: split the
+/// fixes (default 600 000) is refused with 422 naming `to`: split the
 /// period. The response carries `Repr-Digest` and `X-Content-SHA256` of
 /// the body; the export and its digest are audited (`export.<format>`).
 #[utoipa::path(
@@ -217,6 +217,15 @@ pub async fn export(
         return Err(ApiError::Validation(errs));
     };
     let max_fixes = st.cfg.max_export_fixes.max(0);
+    // Exports are built in memory: a few at a time, the rest wait briefly
+    // and are then told to retry rather than exhausting memory.
+    let _permit = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        st.exports.clone().acquire_owned(),
+    )
+    .await
+    .map_err(|_| ApiError::Unavailable)?
+    .map_err(|_| ApiError::Unavailable)?;
 
     let mut tx = st.pool.begin().await?;
     // One snapshot: fixes, alerts and decisions agree with each other.

@@ -62,6 +62,9 @@ pub struct ApiConfig {
     pub ticket_ttl: Duration,
     /// SSE keep-alive comment interval (proxies drop idle connections).
     pub keep_alive: Duration,
+    /// How often an open stream re-checks its caller (token still live,
+    /// officer active, teams): a revoked token stops receiving within this.
+    pub stream_recheck: Duration,
     /// Most fixes in one export (larger periods must be split): a year at
     /// one fix a minute fits; the export is built in memory (its digest
     /// header precedes the body), about 170 bytes per fix as GeoJSON.
@@ -80,6 +83,7 @@ impl Default for ApiConfig {
             on_call_group: "on-call".into(),
             ticket_ttl: Duration::from_secs(30),
             keep_alive: Duration::from_secs(15),
+            stream_recheck: Duration::from_secs(30),
             max_export_fixes: 600_000,
         }
     }
@@ -103,6 +107,37 @@ pub struct ApiState {
     pub clock: SharedClock,
     /// Tunables.
     pub cfg: Arc<ApiConfig>,
+    /// Exports in progress (each holds its whole body in memory).
+    pub exports: Arc<tokio::sync::Semaphore>,
+}
+
+/// Exports built at the same time.
+pub const CONCURRENT_EXPORTS: usize = 2;
+
+impl ApiState {
+    /// State for the handlers.
+    pub fn new(pool: PgPool, outbox: Arc<Outbox>, clock: SharedClock, cfg: ApiConfig) -> Self {
+        Self {
+            pool,
+            outbox,
+            clock,
+            cfg: Arc::new(cfg),
+            exports: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_EXPORTS)),
+        }
+    }
+}
+
+/// The API's own connection pool, apart from ingest's so that heavy reads
+/// (tracks, exports) can never starve the ingest shards; each statement
+/// is cut off after 30 s.
+pub fn pool_for_api(ingest: &PgPool) -> PgPool {
+    let opts = (*ingest.connect_options())
+        .clone()
+        .options([("statement_timeout", "30s")]);
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(opts)
 }
 
 /// A page of a cursor-paginated list.

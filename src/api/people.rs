@@ -1586,6 +1586,7 @@ pub async fn assign_device(
             "device {device_id} is revoked; it cannot be assigned"
         )));
     }
+    keep_history(&mut tx, key, b.valid_from, "valid_from").await?;
     let paired: Option<i64> = sqlx::query_scalar(
         "SELECT pairing_id FROM victim_pairings WHERE victim_device_key = $1 AND ended_at IS NULL \
          LIMIT 1",
@@ -1694,7 +1695,7 @@ pub async fn end_assignment(
     let now = st.clock.now();
     let mut tx = st.pool.begin().await?;
     let r = sqlx::query(
-        "SELECT a.supervisee_id, a.valid_from, a.valid_to FROM device_assignments a \
+        "SELECT a.supervisee_id, a.valid_from, a.valid_to, a.device_key FROM device_assignments a \
          JOIN devices d ON d.device_key = a.device_key \
          WHERE d.device_id = $1 AND a.assignment_id = $2 FOR UPDATE OF a",
     )
@@ -1720,6 +1721,7 @@ pub async fn end_assignment(
             t.to_rfc3339()
         )));
     }
+    keep_history(&mut tx, r.get("device_key"), b.at, "at").await?;
     sqlx::query("UPDATE device_assignments SET valid_to = $2 WHERE assignment_id = $1")
         .bind(assignment_id)
         .bind(b.at)
@@ -1919,4 +1921,34 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(end_assignment))
         .routes(routes!(pair_device))
         .routes(routes!(end_pairing))
+}
+
+/// Recorded positions stay with the person they were recorded for: an
+/// assignment may not start, nor end, before the device's newest stored
+/// fix. Otherwise re-dating assignments would move a person's history into
+/// another caseload (readable by that officer, exported under that name).
+async fn keep_history(
+    tx: &mut sqlx::PgConnection,
+    device_key: i64,
+    at: DateTime<Utc>,
+    field: &str,
+) -> Result<(), ApiError> {
+    let newest: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT max(fix_time) FROM fixes WHERE device_key = $1 AND fix_time >= $2",
+    )
+    .bind(device_key)
+    .bind(at)
+    .fetch_one(&mut *tx)
+    .await?;
+    match newest {
+        None => Ok(()),
+        Some(t) => Err(ApiError::field(
+            field,
+            format!(
+                "the device has stored fixes up to {}; an assignment cannot be re-dated over \
+                 recorded history (choose a time after it)",
+                t.to_rfc3339()
+            ),
+        )),
+    }
 }

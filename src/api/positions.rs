@@ -353,7 +353,9 @@ pub(crate) fn parse_range(
 /// Parses a bucket such as `30s`, `5m`, `1h`, `1d` into seconds.
 pub fn parse_bucket(s: &str) -> Result<i64, String> {
     let bad = || "a number followed by s, m, h or d (e.g. 30s, 5m, 1h)".to_owned();
-    if s.is_empty() || s.len() > 8 {
+    // ASCII only: the split below is by byte, and a multi-byte last
+    // character must be refused, not split inside.
+    if s.is_empty() || s.len() > 8 || !s.is_ascii() {
         return Err(bad());
     }
     let (num, unit) = s.split_at(s.len() - 1);
@@ -455,9 +457,11 @@ pub(crate) async fn subject(
     Ok(subject)
 }
 
-/// The zone versions of the supervisee's non-retired rules (single zones
-/// and shared lists) whose validity `[created_at, next version's
-/// created_at or the zone's retirement)` overlaps `[from, to)`.
+/// The zone versions of the supervisee's rules in force during `[from,
+/// to)` (single zones and shared lists): rules created before `to` and not
+/// retired before `from` — a court export shows the rules of the period,
+/// not today's — whose validity `[created_at, next version's created_at or
+/// the zone's retirement)` overlaps the period.
 pub(crate) async fn zones_in_force(
     conn: &mut PgConnection,
     supervisee_id: i64,
@@ -469,7 +473,8 @@ pub(crate) async fn zones_in_force(
            SELECT DISTINCT z.zone_id, z.zone_ref, z.name, z.retired_at, r.role \
            FROM rules r JOIN zones z \
              ON z.zone_id = r.zone_id OR (r.list_ref IS NOT NULL AND z.list_ref = r.list_ref) \
-           WHERE r.supervisee_id = $1 AND r.retired_at IS NULL), \
+           WHERE r.supervisee_id = $1 AND r.created_at < $3 \
+             AND (r.retired_at IS NULL OR r.retired_at > $2)), \
          v AS ( \
            SELECT zv.zone_id, zv.version, zv.geojson, zv.created_at AS valid_from, \
              lead(zv.created_at) OVER (PARTITION BY zv.zone_id ORDER BY zv.version) AS next_at \
@@ -639,4 +644,21 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(list_positions))
         .routes(routes!(supervisee_position))
         .routes(routes!(track))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bucket;
+
+    #[test]
+    fn buckets_parse_and_hostile_ones_are_refused_without_panicking() {
+        assert_eq!(parse_bucket("30s"), Ok(30));
+        assert_eq!(parse_bucket("15m"), Ok(900));
+        assert_eq!(parse_bucket("1d"), Ok(86_400));
+        for bad in [
+            "", "é", "1é", "5", "m", "-5m", "1.5h", "99999999", "5s", "2d", "٣m",
+        ] {
+            assert!(parse_bucket(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -128,22 +128,60 @@ async fn authenticate(
         .ok_or(ApiError::Unauthorized)
 }
 
-/// Whom a connection may see, fixed at connect (the supervisee's officer
-/// and team are read with each log entry, so reassignments apply at once).
+/// Whom a connection may see. The supervisee's officer and team are read
+/// with each log entry, so reassigning a caseload applies at once; the
+/// caller's own standing (token live, officer active, teams) is re-read
+/// every `ApiConfig::stream_recheck`, so a revoked token or a moved
+/// supervisor stops receiving within that time.
 #[derive(Debug, Clone)]
 struct Viewer {
+    token_id: i64,
     role: Role,
     officer_ref: Option<String>,
-    team_id: Option<i64>,
+    /// Teams a supervisor belongs to or supervises.
+    team_ids: Vec<i64>,
 }
 
 impl Viewer {
+    /// The caller's current standing; `None` once the token is revoked or
+    /// expired or the officer deactivated.
+    async fn load(st: &ApiState, who: &Principal) -> Result<Self, ApiError> {
+        let team_ids =
+            match (&who.role, &who.officer_ref) {
+                (Role::Supervisor, Some(r)) => sqlx::query_scalar(
+                    "SELECT team_id FROM officers WHERE officer_ref = $1 AND team_id IS NOT NULL \
+                     UNION SELECT t.team_id FROM teams t JOIN officers o \
+                     ON o.officer_id = t.supervisor_id WHERE o.officer_ref = $1",
+                )
+                .bind(r)
+                .fetch_all(&st.pool)
+                .await?,
+                _ => Vec::new(),
+            };
+        Ok(Self {
+            token_id: who.token_id,
+            role: who.role,
+            officer_ref: who.officer_ref.clone(),
+            team_ids,
+        })
+    }
+
+    async fn reload(&self, st: &ApiState) -> Result<Option<Self>, ApiError> {
+        match auth::principal_by_id(&st.pool, self.token_id, st.clock.now()).await? {
+            Some(who) if CASEWORK.contains(&who.role) => Ok(Some(Self::load(st, &who).await?)),
+            _ => Ok(None),
+        }
+    }
+
     fn sees(&self, e: &AlertEvent) -> bool {
         let mine = e.audience.officer_ref.is_some() && e.audience.officer_ref == self.officer_ref;
         match self.role {
             Role::Officer => mine,
             Role::Supervisor => {
-                mine || (self.team_id.is_some() && e.audience.team_id == self.team_id)
+                mine || e
+                    .audience
+                    .team_id
+                    .is_some_and(|t| self.team_ids.contains(&t))
             }
             Role::Admin | Role::Auditor => false,
         }
@@ -176,6 +214,8 @@ struct Feed {
     backlog: VecDeque<AlertEvent>,
     /// Reading from the database rather than the broadcast.
     replaying: bool,
+    /// When to re-check the caller next.
+    recheck_at: tokio::time::Instant,
 }
 
 impl Feed {
@@ -183,6 +223,17 @@ impl Feed {
     /// client reconnects with `Last-Event-ID` and loses nothing).
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
         loop {
+            if tokio::time::Instant::now() >= self.recheck_at {
+                match self.viewer.reload(&self.st).await {
+                    Ok(Some(v)) => self.viewer = v,
+                    Ok(None) => return None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "alert stream: re-check failed; closing");
+                        return None;
+                    }
+                }
+                self.recheck_at = tokio::time::Instant::now() + self.st.cfg.stream_recheck;
+            }
             if let Some(e) = self.backlog.pop_front() {
                 if e.event_id <= self.cursor {
                     continue;
@@ -211,7 +262,12 @@ impl Feed {
                 }
                 continue;
             }
-            match self.rx.recv().await {
+            let next = tokio::select! {
+                r = self.rx.recv() => r,
+                // An idle stream is re-checked too.
+                _ = tokio::time::sleep_until(self.recheck_at) => continue,
+            };
+            match next {
                 Ok(e) if e.event_id <= self.cursor => {}
                 // A gap (entries committed before this feed subscribed):
                 // the database has them.
@@ -249,24 +305,13 @@ pub async fn alert_stream(
     };
     // Subscribe before reading the head so nothing falls between them.
     let rx = st.outbox.subscribe();
-    let cursor = match resume {
-        Some(id) => id.max(0),
-        None => {
-            sqlx::query_scalar::<_, i64>("SELECT COALESCE(max(event_id), 0) FROM alert_events")
-                .fetch_one(&st.pool)
-                .await?
-        }
-    };
-    let team_id: Option<i64> = match (&who.role, &who.officer_ref) {
-        (Role::Supervisor, Some(r)) => {
-            sqlx::query_scalar("SELECT team_id FROM officers WHERE officer_ref = $1")
-                .bind(r)
-                .fetch_optional(&st.pool)
-                .await?
-                .flatten()
-        }
-        _ => None,
-    };
+    let head: i64 = sqlx::query_scalar("SELECT COALESCE(max(event_id), 0) FROM alert_events")
+        .fetch_one(&st.pool)
+        .await?;
+    // A resume point beyond the head (a client that saw a log since
+    // restored from backup) would wait forever: it starts at the head.
+    let cursor = resume.map_or(head, |id| id.clamp(0, head));
+    let viewer = Viewer::load(&st, &who).await?;
     audit::record(
         &st.pool,
         &who,
@@ -281,11 +326,8 @@ pub async fn alert_stream(
     )
     .await?;
     let feed = Feed {
-        viewer: Viewer {
-            role: who.role,
-            officer_ref: who.officer_ref.clone(),
-            team_id,
-        },
+        viewer,
+        recheck_at: tokio::time::Instant::now() + st.cfg.stream_recheck,
         cursor,
         rx,
         backlog: VecDeque::new(),

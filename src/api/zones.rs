@@ -1088,7 +1088,8 @@ pub async fn create_rule(
             let rid: i64 = r.get("rule_id");
             sqlx::query(
                 "UPDATE rules SET schedule = $2, confirm_fixes = COALESCE($3, 2), \
-                   grace_s = COALESCE($4, 60), retired_at = NULL WHERE rule_id = $1",
+                   grace_s = COALESCE($4, 60), retired_at = NULL, created_at = now() \
+                 WHERE rule_id = $1",
             )
             .bind(rid)
             .bind(&schedule)
@@ -1218,15 +1219,9 @@ pub struct ExceptionOut {
     pub status: String,
 }
 
-/// Cancellations are not columns of `rule_exceptions` (schema 0002); they
-/// are read back from the audit record written with them.
 const EXCEPTION_SQL: &str = "SELECT e.exception_id, e.supervisee_id, e.rule_id, e.starts_at, \
-     e.ends_at, e.reason, e.created_by, e.created_at, c.at AS cancelled_at, \
-     c.actor AS cancelled_by \
-     FROM rule_exceptions e LEFT JOIN LATERAL (SELECT l.at, l.actor FROM audit_log l \
-       WHERE l.supervisee_id = e.supervisee_id AND l.action = 'exception.cancel' \
-         AND l.detail->>'exception_id' = e.exception_id::text \
-       ORDER BY l.audit_id LIMIT 1) c ON true";
+     e.ends_at, e.reason, e.created_by, e.created_at, e.cancelled_at, e.cancelled_by \
+     FROM rule_exceptions e";
 
 fn exception_row(r: &PgRow, now: DateTime<Utc>) -> ExceptionOut {
     let starts_at: DateTime<Utc> = r.get("starts_at");
@@ -1355,13 +1350,29 @@ pub async fn create_exception(
     // from the body's errors.
     let b = b?;
     let mut errs = Vec::new();
+    let now = st.clock.now();
     if b.ends_at <= b.starts_at {
         errs.push(FieldError::new("ends_at", "must be after starts_at"));
+    }
+    // An officer approves a bounded absence for their own supervisee;
+    // longer suspensions are an administrator's (and so a second person's)
+    // decision. Nobody approves retroactively beyond a day.
+    let max_days = if who.role == Role::Admin { 366 } else { 14 };
+    if b.ends_at - b.starts_at > TimeDelta::days(max_days) {
+        errs.push(FieldError::new(
+            "ends_at",
+            format!("an absence approved by this role lasts at most {max_days} days"),
+        ));
+    }
+    if b.starts_at < now - TimeDelta::hours(24) {
+        errs.push(FieldError::new(
+            "starts_at",
+            "may not start more than 24 hours before now",
+        ));
     }
     check_text("reason", &b.reason, 500, &mut errs);
     // Out of scope answers 404 before anything about the person's rules.
     who.must_see(&st.pool, id).await?;
-    let now = st.clock.now();
     let mut tx = st.pool.begin().await?;
     if let Some(rid) = b.rule_id {
         let retired: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
@@ -1452,12 +1463,17 @@ pub async fn cancel_exception(
             ends_at.to_rfc3339()
         )));
     }
-    sqlx::query("UPDATE rule_exceptions SET ends_at = $2 WHERE exception_id = $1")
-        .bind(exception_id)
-        .bind(new_end)
-        .execute(&mut *tx)
-        .await
-        .map_err(unique_as("an identical exception"))?;
+    sqlx::query(
+        "UPDATE rule_exceptions SET ends_at = $2, cancelled_at = $3, cancelled_by = $4 \
+         WHERE exception_id = $1",
+    )
+    .bind(exception_id)
+    .bind(new_end)
+    .bind(now)
+    .bind(who.actor())
+    .execute(&mut *tx)
+    .await
+    .map_err(unique_as("an identical exception"))?;
     audit::record(
         &mut *tx,
         &who,

@@ -57,12 +57,7 @@ impl ApiServer {
             ob.clone(),
             cancel.clone(),
         ));
-        let state = ApiState {
-            pool: db.pool.clone(),
-            outbox: ob,
-            clock: shared,
-            cfg: Arc::new(cfg),
-        };
+        let state = ApiState::new(db.pool.clone(), ob, shared, cfg);
         let app = waypoint::api::router(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
