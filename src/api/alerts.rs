@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 use super::audit::{self, AuditReason, Entry};
 use super::auth::{Principal, CASEWORK};
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, FieldError, StdErrors};
-use super::{page_limit, ApiState, Page};
+use super::{ApiState, Page};
 use crate::alerts::{AlertKind, OfficerAction, ResolutionOutcome};
 use crate::store::postgres::alerts::officer_action_in;
 use crate::store::StoreError;
@@ -221,17 +221,8 @@ pub async fn list_alerts(
             None
         }
     };
-    let limit = match page_limit(q.limit, 50, 200) {
-        Ok(l) => l,
-        Err(ApiError::Validation(mut e)) => {
-            errs.append(&mut e);
-            0
-        }
-        Err(e) => return Err(e),
-    };
-    if !errs.is_empty() {
-        return Err(ApiError::Validation(errs));
-    }
+    let limit = super::limit_of(q.limit, 50, 200, &mut errs);
+    super::done(errs)?;
     let sql = list_sql(&who);
     let rows = sqlx::query(&sql)
         .bind(who.scope_param())
@@ -248,12 +239,7 @@ pub async fn list_alerts(
         .fetch_all(&st.pool)
         .await?;
     let mut items: Vec<AlertSummary> = rows.iter().map(summary).collect();
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(make_cursor)
-    } else {
-        None
-    };
+    let next_cursor = super::paginate(&mut items, limit, make_cursor);
     Ok(Json(Page { items, next_cursor }))
 }
 

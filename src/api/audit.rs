@@ -178,13 +178,10 @@ pub async fn query_audit(
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<axum::Json<Page<AuditRecord>>, ApiError> {
     who.require(&[Role::Auditor])?;
-    let limit = super::page_limit(q.limit, 100, 500)?;
-    let after = match &q.cursor {
-        None => 0,
-        Some(c) => c
-            .parse::<i64>()
-            .map_err(|_| ApiError::field("cursor", "not a cursor from this endpoint"))?,
-    };
+    let mut errs = Vec::new();
+    let limit = super::limit_of(q.limit, 100, 500, &mut errs);
+    let after = super::id_cursor(&q.cursor, 0, &mut errs);
+    super::done(errs)?;
     let rows = sqlx::query(
         "SELECT audit_id, at, actor, role, token_id, action, supervisee_id, alert_id, reason, \
            detail FROM audit_log \
@@ -217,12 +214,7 @@ pub async fn query_audit(
             detail: r.get("detail"),
         })
         .collect();
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|r| r.audit_id.to_string())
-    } else {
-        None
-    };
+    let next_cursor = super::paginate(&mut items, limit, |r| r.audit_id);
     Ok(axum::Json(Page { items, next_cursor }))
 }
 

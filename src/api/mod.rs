@@ -47,7 +47,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::alerts::outbox::Outbox;
 use crate::alerts::Severity;
 use crate::clock::SharedClock;
-use error::ApiError;
+use error::{ApiError, FieldError};
 
 /// Largest request body accepted (zones with detailed outlines fit easily).
 pub const MAX_BODY: usize = 2 * 1024 * 1024;
@@ -157,6 +157,55 @@ pub fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, Api
         None => Ok(default),
         Some(l) if (1..=max).contains(&l) => Ok(l),
         Some(_) => Err(ApiError::field("limit", format!("must be 1..={max}"))),
+    }
+}
+
+/// Turns collected field errors into a 422, or nothing.
+pub fn done(errs: Vec<FieldError>) -> Result<(), ApiError> {
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(errs))
+    }
+}
+
+/// An id cursor (the previous page's `next_cursor`); `default` when absent.
+pub fn id_cursor(c: &Option<String>, default: i64, errs: &mut Vec<FieldError>) -> i64 {
+    match c.as_deref().map(str::parse::<i64>) {
+        None => default,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => {
+            errs.push(FieldError::new("cursor", "not a cursor from this endpoint"));
+            default
+        }
+    }
+}
+
+/// [`page_limit`] that collects its error instead of returning it.
+pub fn limit_of(limit: Option<i64>, default: i64, max: i64, errs: &mut Vec<FieldError>) -> i64 {
+    match page_limit(limit, default, max) {
+        Ok(l) => l,
+        Err(ApiError::Validation(mut e)) => {
+            errs.append(&mut e);
+            default
+        }
+        Err(_) => default,
+    }
+}
+
+/// Cuts the extra row fetched to detect a next page; the cursor names the
+/// last row kept.
+pub fn paginate<T, C: ToString>(
+    items: &mut Vec<T>,
+    limit: i64,
+    cursor: impl Fn(&T) -> C,
+) -> Option<String> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|t| cursor(t).to_string())
+    } else {
+        None
     }
 }
 

@@ -26,7 +26,7 @@ use utoipa_axum::routes;
 use super::audit::{self, AuditReason, Entry};
 use super::auth::{Principal, Role, ADMIN};
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, FieldError, StdErrors};
-use super::{ApiState, Page};
+use super::{done, id_cursor, limit_of, paginate, ApiState, Page};
 use crate::domain::DeviceId;
 use crate::rules::schedule::parse_tz;
 
@@ -36,60 +36,6 @@ use crate::rules::schedule::parse_tz;
 /// Roles that may read supervisee records: caseworkers within their scope,
 /// admins all of them (admins never get location data from these records).
 pub(super) const READERS: &[Role] = &[Role::Officer, Role::Supervisor, Role::Admin];
-
-/// Turns collected field errors into a 422, or nothing.
-pub(super) fn done(errs: Vec<FieldError>) -> Result<(), ApiError> {
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::Validation(errs))
-    }
-}
-
-/// An id cursor (the previous page's `next_cursor`); `default` when absent.
-pub(super) fn id_cursor(c: &Option<String>, default: i64, errs: &mut Vec<FieldError>) -> i64 {
-    match c.as_deref().map(str::parse::<i64>) {
-        None => default,
-        Some(Ok(v)) => v,
-        Some(Err(_)) => {
-            errs.push(FieldError::new("cursor", "not a cursor from this endpoint"));
-            default
-        }
-    }
-}
-
-/// [`super::page_limit`] that collects its error instead of returning it.
-pub(super) fn limit_of(
-    limit: Option<i64>,
-    default: i64,
-    max: i64,
-    errs: &mut Vec<FieldError>,
-) -> i64 {
-    match super::page_limit(limit, default, max) {
-        Ok(l) => l,
-        Err(ApiError::Validation(mut e)) => {
-            errs.append(&mut e);
-            default
-        }
-        Err(_) => default,
-    }
-}
-
-/// Cuts the extra row fetched to detect a next page; the cursor names the
-/// last row kept.
-pub(super) fn paginate<T>(
-    items: &mut Vec<T>,
-    limit: i64,
-    id: impl Fn(&T) -> i64,
-) -> Option<String> {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|t| id(t).to_string())
-    } else {
-        None
-    }
-}
 
 /// A required text field: not blank, at most `max` characters, no control
 /// characters.

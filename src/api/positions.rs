@@ -26,7 +26,7 @@ use utoipa_axum::routes;
 use super::audit::{self, AuditReason, Entry};
 use super::auth::{Principal, CASEWORK};
 use super::error::{ApiError, ApiPath, ApiQuery, FieldError, StdErrors};
-use super::{page_limit, ApiState, Page};
+use super::{ApiState, Page};
 
 /// Longest period one track request may cover.
 pub const TRACK_MAX_DAYS: i64 = 31;
@@ -124,24 +124,9 @@ pub async fn list_positions(
 ) -> Result<Json<Page<LatestPosition>>, ApiError> {
     who.require(CASEWORK)?;
     let mut errs = Vec::new();
-    let after = match &q.cursor {
-        None => 0,
-        Some(c) => c.parse::<i64>().unwrap_or_else(|_| {
-            errs.push(FieldError::new("cursor", "not a cursor from this endpoint"));
-            0
-        }),
-    };
-    let limit = match page_limit(q.limit, 100, 200) {
-        Ok(l) => l,
-        Err(ApiError::Validation(mut e)) => {
-            errs.append(&mut e);
-            0
-        }
-        Err(e) => return Err(e),
-    };
-    if !errs.is_empty() {
-        return Err(ApiError::Validation(errs));
-    }
+    let after = super::id_cursor(&q.cursor, 0, &mut errs);
+    let limit = super::limit_of(q.limit, 100, 200, &mut errs);
+    super::done(errs)?;
     let now = st.clock.now();
     let sql = format!(
         "{LATEST_SQL} WHERE {} AND s.supervisee_id > $3 ORDER BY s.supervisee_id LIMIT $4",
@@ -156,12 +141,7 @@ pub async fn list_positions(
         .fetch_all(&mut *tx)
         .await?;
     let mut items: Vec<LatestPosition> = rows.iter().map(|r| latest(r, now)).collect();
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|p| p.supervisee_id.to_string())
-    } else {
-        None
-    };
+    let next_cursor = super::paginate(&mut items, limit, |p| p.supervisee_id);
     let seen: Vec<i64> = items
         .iter()
         .filter(|p| p.fix_time.is_some())

@@ -33,10 +33,8 @@ use utoipa_axum::routes;
 use super::audit::{self, AuditReason, Entry};
 use super::auth::{Principal, Role, ADMIN};
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, FieldError, StdErrors};
-use super::people::{
-    check_text, config_entry, done, id_cursor, limit_of, paginate, unique_as, READERS,
-};
-use super::{ApiState, Page};
+use super::people::{check_text, config_entry, unique_as, READERS};
+use super::{done, id_cursor, limit_of, paginate, ApiState, Page};
 use crate::geofence::{Polygon, Shape};
 use crate::rules::schedule::Schedule;
 use crate::scenario::ROLES;
