@@ -487,6 +487,27 @@ async fn one_active_alert_per_condition_and_officer_decisions_are_recorded() {
             .await,
         Err(StoreError::NotFound(_))
     ));
+    // Every decision that took effect is in the audit trail (refused ones
+    // are not: their transaction rolled back).
+    let trail: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT action, actor, role FROM audit_log WHERE alert_id = $1 ORDER BY audit_id",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let trail: Vec<(&str, &str, &str)> = trail
+        .iter()
+        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
+        .collect();
+    assert_eq!(
+        trail,
+        [
+            ("alert.acknowledge", "pc-1", "cli"),
+            ("alert.note", "pc-1", "cli"),
+            ("alert.resolve", "pc-2", "cli")
+        ]
+    );
     let rec = alerts(&db)
         .await
         .into_iter()

@@ -518,6 +518,25 @@ pub(super) async fn officer_action(
 ) -> Result<(), StoreError> {
     let mut tx = pool.begin().await.map_err(classify)?;
     officer_action_in(&mut tx, alert_id, actor, action, at).await?;
+    // Decisions taken outside the API (the `waypoint alerts` CLI) are in
+    // the audit trail too, with the same action names and role `cli`.
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, role, action, supervisee_id, alert_id, detail) \
+         SELECT $1, $2, 'cli', $3, supervisee_id, alert_id, $4 FROM alerts WHERE alert_id = $5",
+    )
+    .bind(at)
+    .bind(actor)
+    .bind(format!("alert.{}", action.as_str()))
+    .bind(match action {
+        OfficerAction::Resolve { outcome, .. } => {
+            serde_json::json!({ "outcome": outcome.as_str() })
+        }
+        _ => serde_json::json!({}),
+    })
+    .bind(alert_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(classify)?;
     tx.commit().await.map_err(classify)?;
     Ok(())
 }
