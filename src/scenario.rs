@@ -254,7 +254,8 @@ impl Scenario {
             if let Some(l) = &z.list {
                 check_ref(&e, "list", l)?;
             }
-            Shape::from_geojson(&z.geojson).map_err(|x| invalid(e.clone(), x))?;
+            let shape = Shape::from_geojson(&z.geojson).map_err(|x| invalid(e.clone(), x))?;
+            crate::geofence::check_simple(&shape).map_err(|x| invalid(e.clone(), x))?;
             if !zones.insert(&z.zone_ref) {
                 return Err(invalid(e, "duplicate zone_ref"));
             }
@@ -411,6 +412,15 @@ mod tests {
         assert!(
             bad(&|v| v["rules"][0]["schedule"] = serde_json::Value::Null)
                 .contains("needs a schedule")
+        );
+        // A bow-tie outline: provisioning refuses it as the API does.
+        let bowtie = bad(&|v| {
+            v["zones"][0]["geojson"] = serde_json::json!({"type": "Polygon", "coordinates":
+                [[[0.0, 51.0], [0.01, 51.01], [0.01, 51.0], [0.0, 51.01], [0.0, 51.0]]]})
+        });
+        assert!(
+            bowtie.contains("zones[0] (home-1)") && bowtie.contains("self-intersection"),
+            "{bowtie}"
         );
         assert!(bad(&|v| v["rules"][0]["role"] = "banish".into()).contains("role"));
         assert!(bad(&|v| v["devices"][0]["device_id"] = "a/b".into()).contains("devices[0]"));

@@ -20,8 +20,6 @@
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, TimeDelta, Utc};
-use geo::line_intersection::{line_intersection, LineIntersection};
-use geo::{Coord, Line};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::postgres::PgRow;
@@ -35,174 +33,12 @@ use super::auth::{Principal, Role, ADMIN};
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, FieldError, StdErrors};
 use super::people::{check_text, config_entry, unique_as, READERS};
 use super::{done, id_cursor, limit_of, paginate, ApiState, Page};
-use crate::geofence::{Polygon, Shape};
+use crate::geofence::Shape;
 use crate::rules::schedule::Schedule;
 use crate::scenario::ROLES;
 
 // ---------------------------------------------------------------------------
 // Geometry validation.
-
-/// One polygon edge, for the crossing check.
-struct Seg {
-    a: [f64; 2],
-    b: [f64; 2],
-    poly: usize,
-    ring: usize,
-    /// Index within its ring, and the ring's edge count (adjacency).
-    k: usize,
-    n: usize,
-}
-
-impl Seg {
-    fn x0(&self) -> f64 {
-        self.a[0].min(self.b[0])
-    }
-    fn x1(&self) -> f64 {
-        self.a[0].max(self.b[0])
-    }
-    fn y0(&self) -> f64 {
-        self.a[1].min(self.b[1])
-    }
-    fn y1(&self) -> f64 {
-        self.a[1].max(self.b[1])
-    }
-    fn line(&self) -> Line<f64> {
-        Line::new(
-            Coord {
-                x: self.a[0],
-                y: self.a[1],
-            },
-            Coord {
-                x: self.b[0],
-                y: self.b[1],
-            },
-        )
-    }
-}
-
-/// Upper bound on edge-pair comparisons, so a hostile outline (many long
-/// overlapping edges) cannot tie up a worker: ordinary outlines of 100 000
-/// vertices need a few million.
-const CROSSING_BUDGET: u64 = 50_000_000;
-
-fn ring_name(multi: bool, poly: usize, ring: usize) -> String {
-    let r = if ring == 0 {
-        "ring 0 (outer ring)".to_owned()
-    } else {
-        format!("ring {ring} (hole)")
-    };
-    if multi {
-        format!("polygon {poly} {r}")
-    } else {
-        r
-    }
-}
-
-/// Why two edges may not meet as they do, if they may not.
-fn edge_conflict(multi: bool, s: &Seg, t: &Seg) -> Option<String> {
-    let hit = line_intersection(s.line(), t.line())?;
-    let same_ring = s.poly == t.poly && s.ring == t.ring;
-    let adjacent = same_ring && {
-        let d = s.k.abs_diff(t.k);
-        d == 1 || d + 1 == s.n
-    };
-    let at = |c: Coord<f64>| format!("[{:.7}, {:.7}]", c.x, c.y);
-    let (rs, rt) = (
-        ring_name(multi, s.poly, s.ring),
-        ring_name(multi, t.poly, t.ring),
-    );
-    match hit {
-        // Neighbours meet at their shared vertex; rings may touch at a point.
-        LineIntersection::SinglePoint { .. } if adjacent => None,
-        LineIntersection::SinglePoint {
-            is_proper: false, ..
-        } if !same_ring => None,
-        LineIntersection::SinglePoint { intersection, .. } if same_ring => Some(format!(
-            "self-intersection: {rs} crosses or touches itself at {}",
-            at(intersection)
-        )),
-        LineIntersection::SinglePoint { intersection, .. } => Some(format!(
-            "self-intersection: {rs} crosses {rt} at {}",
-            at(intersection)
-        )),
-        LineIntersection::Collinear { intersection } => {
-            if intersection.start == intersection.end && (adjacent || !same_ring) {
-                None
-            } else if same_ring {
-                Some(format!(
-                    "self-intersection: {rs} runs back over itself near {}",
-                    at(intersection.start)
-                ))
-            } else {
-                Some(format!(
-                    "self-intersection: {rs} and {rt} share an edge near {}",
-                    at(intersection.start)
-                ))
-            }
-        }
-    }
-}
-
-/// Refuses polygons whose rings cross or touch themselves, or cross one
-/// another (a sweep over edges sorted by longitude).
-fn check_simple(shape: &Shape) -> Result<(), String> {
-    let (polys, multi): (Vec<&Polygon>, bool) = match shape {
-        Shape::Polygon(p) => (vec![p], false),
-        Shape::MultiPolygon(ps) => (ps.iter().collect(), true),
-        Shape::Circle(_) | Shape::Corridor(_) => return Ok(()),
-    };
-    let mut segs = Vec::new();
-    for (pi, p) in polys.iter().enumerate() {
-        let rings = std::iter::once(p.exterior()).chain(p.holes().iter().map(Vec::as_slice));
-        for (ri, ring) in rings.enumerate() {
-            let mut pts: Vec<[f64; 2]> = Vec::with_capacity(ring.len());
-            for q in ring {
-                if pts.last() != Some(q) {
-                    pts.push(*q);
-                }
-            }
-            let n = pts.len().saturating_sub(1);
-            if n < 3 {
-                return Err(format!(
-                    "{} has fewer than 3 distinct positions",
-                    ring_name(multi, pi, ri)
-                ));
-            }
-            segs.extend(pts.windows(2).enumerate().map(|(k, w)| Seg {
-                a: w[0],
-                b: w[1],
-                poly: pi,
-                ring: ri,
-                k,
-                n,
-            }));
-        }
-    }
-    segs.sort_by(|s, t| s.x0().total_cmp(&t.x0()));
-    let mut active: Vec<usize> = Vec::new();
-    let mut budget = CROSSING_BUDGET;
-    for (i, s) in segs.iter().enumerate() {
-        let x = s.x0();
-        active.retain(|&j| segs[j].x1() >= x);
-        budget = budget.saturating_sub(active.len() as u64 + 1);
-        if budget == 0 {
-            return Err("outline too intricate to check for self-intersection; \
-                        simplify it or split it into several zones"
-                .into());
-        }
-        for &j in &active {
-            let t = &segs[j];
-            if t.y0() > s.y1() || t.y1() < s.y0() {
-                continue;
-            }
-            if let Some(m) = edge_conflict(multi, t, s) {
-                return Err(m);
-            }
-        }
-        active.push(i);
-    }
-    Ok(())
-}
 
 /// Validates a zone geometry and returns its canonical form and kind. CPU
 /// bound for large outlines, so it runs off the async workers.
@@ -212,7 +48,7 @@ async fn canonical_geometry(
 ) -> Result<Option<(Value, &'static str)>, ApiError> {
     let r = tokio::task::spawn_blocking(move || {
         let shape = Shape::from_geojson(&v).map_err(|e| e.to_string())?;
-        check_simple(&shape)?;
+        crate::geofence::check_simple(&shape)?;
         Ok::<_, String>((shape.to_geojson(), shape.kind()))
     })
     .await
@@ -1500,106 +1336,4 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(retire_rule))
         .routes(routes!(list_exceptions, create_exception))
         .routes(routes!(cancel_exception))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn poly(rings: Vec<Vec<[f64; 2]>>) -> Shape {
-        Shape::polygon(rings).expect("valid shape")
-    }
-
-    #[test]
-    fn simple_polygons_pass() {
-        let sq = vec![
-            [0.0, 51.0],
-            [0.01, 51.0],
-            [0.01, 51.01],
-            [0.0, 51.01],
-            [0.0, 51.0],
-        ];
-        assert_eq!(check_simple(&poly(vec![sq.clone()])), Ok(()));
-        // A hole touching nothing, and a repeated vertex.
-        let hole = vec![
-            [0.002, 51.002],
-            [0.004, 51.002],
-            [0.004, 51.004],
-            [0.002, 51.002],
-        ];
-        assert_eq!(check_simple(&poly(vec![sq, hole])), Ok(()));
-        let dup = vec![
-            [0.0, 51.0],
-            [0.01, 51.0],
-            [0.01, 51.0],
-            [0.0, 51.01],
-            [0.0, 51.0],
-        ];
-        assert_eq!(check_simple(&poly(vec![dup])), Ok(()));
-    }
-
-    #[test]
-    fn crossings_are_named() {
-        let bowtie = vec![
-            [0.0, 51.0],
-            [0.01, 51.01],
-            [0.01, 51.0],
-            [0.0, 51.01],
-            [0.0, 51.0],
-        ];
-        let e = check_simple(&poly(vec![bowtie])).unwrap_err();
-        assert!(
-            e.contains("self-intersection") && e.contains("ring 0"),
-            "{e}"
-        );
-        // A spike: the ring runs back along an edge.
-        let spike = vec![
-            [0.0, 51.0],
-            [0.01, 51.0],
-            [0.02, 51.0],
-            [0.01, 51.0],
-            [0.01, 51.01],
-            [0.0, 51.0],
-        ];
-        assert!(check_simple(&poly(vec![spike])).is_err());
-        // A hole crossing the outer ring.
-        let sq = vec![
-            [0.0, 51.0],
-            [0.01, 51.0],
-            [0.01, 51.01],
-            [0.0, 51.01],
-            [0.0, 51.0],
-        ];
-        let out = vec![
-            [0.005, 51.005],
-            [0.02, 51.005],
-            [0.02, 51.006],
-            [0.005, 51.005],
-        ];
-        let e = check_simple(&poly(vec![sq, out])).unwrap_err();
-        assert!(e.contains("crosses ring"), "{e}");
-    }
-
-    #[test]
-    fn large_outlines_are_checked_quickly() {
-        // A 50 000-vertex circle-like ring about 10 km across.
-        let n = 50_000;
-        let mut ring: Vec<[f64; 2]> = (0..n)
-            .map(|i| {
-                let a = i as f64 / n as f64 * std::f64::consts::TAU;
-                [-0.1 + 0.07 * a.cos(), 51.5 + 0.045 * a.sin()]
-            })
-            .collect();
-        ring.push(ring[0]);
-        let t = std::time::Instant::now();
-        assert_eq!(check_simple(&poly(vec![ring.clone()])), Ok(()));
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(5),
-            "{:?}",
-            t.elapsed()
-        );
-        // Swap two far-apart vertices: the ring now crosses itself.
-        ring.swap(10, n / 2);
-        assert!(check_simple(&poly(vec![ring])).is_err());
-    }
 }

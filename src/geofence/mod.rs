@@ -79,6 +79,7 @@ mod edges;
 mod grid;
 mod index;
 mod parse;
+mod simple;
 #[cfg(test)]
 mod tests;
 
@@ -86,6 +87,7 @@ use std::sync::Arc;
 
 use edges::{Crossing, EdgeSet, Nearest};
 pub use index::ZoneIndex;
+pub use simple::check_simple;
 
 /// Mean Earth radius (IUGG), metres.
 pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
