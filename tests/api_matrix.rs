@@ -77,6 +77,10 @@ fn policy() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("retire_rule", admin),
         // The trail, for auditors only.
         ("query_audit", &[U]),
+        // Signing in and out: everyone.
+        ("create_session", &[O, S, A, U]),
+        ("get_session", &[O, S, A, U]),
+        ("delete_session", &[O, S, A, U]),
     ])
 }
 

@@ -320,13 +320,42 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     Ok(Some(secret))
 }
 
+/// Who is calling: the bearer token if one is sent, otherwise the session
+/// cookie (see [`super::session`]). A request that changes something on
+/// the strength of a cookie alone must carry `X-Requested-With` (a header
+/// no cross-site form can send and no cross-origin script may send without
+/// a CORS grant, which this server never gives): cross-site request
+/// forgery defence on top of SameSite=Strict.
+pub async fn authenticate(
+    state: &ApiState,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+) -> Result<Principal, ApiError> {
+    let now = state.clock.now();
+    if let Some(secret) = bearer(headers)? {
+        return principal_for(&state.pool, secret, now)
+            .await?
+            .ok_or(ApiError::Unauthorized);
+    }
+    let secret = super::session::cookie(headers).ok_or(ApiError::Unauthorized)?;
+    let safe = matches!(
+        *method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if !safe && !headers.contains_key(super::session::CSRF_HEADER) {
+        return Err(ApiError::Forbidden(
+            "a change made with a session cookie needs the X-Requested-With header",
+        ));
+    }
+    super::session::principal(&state.pool, secret, now)
+        .await?
+        .ok_or(ApiError::Unauthorized)
+}
+
 impl FromRequestParts<ApiState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let secret = bearer(&parts.headers)?.ok_or(ApiError::Unauthorized)?;
-        principal_for(&state.pool, secret, state.clock.now())
-            .await?
-            .ok_or(ApiError::Unauthorized)
+        authenticate(state, &parts.method, &parts.headers).await
     }
 }

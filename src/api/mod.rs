@@ -13,7 +13,7 @@
 //! detail, decisions), [`stream`] (SSE and tickets), [`escalation`],
 //! [`people`] (supervisees, officers, teams, devices), [`zones`] (zones,
 //! rules, exceptions), [`positions`] (latest, track), [`export`],
-//! [`compliance`].
+//! [`compliance`], [`session`] (browser sign-in with an HttpOnly cookie).
 //!
 //! The OpenAPI document is assembled from the handlers' own annotations by
 //! `utoipa-axum` as the router is built, so the two cannot drift.
@@ -27,6 +27,7 @@ pub mod escalation;
 pub mod export;
 pub mod people;
 pub mod positions;
+pub mod session;
 pub mod stream;
 pub mod zones;
 
@@ -67,6 +68,8 @@ pub struct ApiConfig {
     /// How often an open stream re-checks its caller (token still live,
     /// officer active, teams): a revoked token stops receiving within this.
     pub stream_recheck: Duration,
+    /// Longest life of a browser session (it also ends with its token).
+    pub session_ttl: Duration,
     /// Most fixes in one export (larger periods must be split): a year at
     /// one fix a minute fits; the export is built in memory (its digest
     /// header precedes the body), about 170 bytes per fix as GeoJSON.
@@ -86,6 +89,7 @@ impl Default for ApiConfig {
             ticket_ttl: Duration::from_secs(30),
             keep_alive: Duration::from_secs(15),
             stream_recheck: Duration::from_secs(30),
+            session_ttl: Duration::from_secs(12 * 3600),
             max_export_fixes: 600_000,
         }
     }
@@ -247,6 +251,7 @@ pub fn api_parts() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .merge(positions::routes())
         .merge(export::routes())
         .merge(compliance::routes())
+        .merge(session::routes())
         .split_for_parts()
 }
 

@@ -105,10 +105,8 @@ async fn authenticate(
 ) -> Result<Principal, ApiError> {
     let now = st.clock.now();
     let Some(ticket) = ticket else {
-        let secret = auth::bearer(headers)?.ok_or(ApiError::Unauthorized)?;
-        return auth::principal_for(&st.pool, secret, now)
-            .await?
-            .ok_or(ApiError::Unauthorized);
+        // Bearer token, or the browser's session cookie.
+        return auth::authenticate(st, &axum::http::Method::GET, headers).await;
     };
     if ticket.len() > 256 {
         return Err(ApiError::Unauthorized);
