@@ -433,41 +433,6 @@ async fn list_filters_and_cursor_pagination_walk_every_alert_once() {
     }
 }
 
-/// Events of a text/event-stream, read until `n` have arrived.
-async fn sse_events(resp: reqwest::Response, n: usize) -> Vec<(String, String, Value)> {
-    let mut out = Vec::new();
-    let mut buf = String::new();
-    let mut body = resp.bytes_stream();
-    let read = async {
-        while out.len() < n {
-            let Some(chunk) = body.next().await else {
-                break;
-            };
-            buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-            while let Some(end) = buf.find("\n\n") {
-                let block: String = buf.drain(..end + 2).collect();
-                let (mut id, mut ev, mut data) = (String::new(), String::new(), String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        id = v.trim().to_owned();
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        ev = v.trim().to_owned();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim());
-                    }
-                }
-                if !id.is_empty() {
-                    out.push((id, ev, serde_json::from_str(&data).unwrap()));
-                }
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(15), read)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {n} events; got {out:?}"));
-    out
-}
-
 async fn ticket(api: &ApiServer, token: &str) -> String {
     let r = api.post("/stream/tickets", token, json!({})).await;
     assert_eq!(r.status, 201, "{}", r.text);

@@ -28,7 +28,8 @@ const M: f64 = 1.0 / 111_195.0;
 fn scenario(device: &str) -> Scenario {
     Scenario::parse(
         &json!({
-            "supervisees": [{"case_ref": "C-100", "time_zone": "Europe/London"}],
+            "supervisees": [{"case_ref": "C-100", "time_zone": "Europe/London",
+                             "officer": "pc-1"}],
             "devices": [{"device_id": device, "report_interval_s": 10}],
             "zones": [{"zone_ref": "victim-home", "name": "Victim residence", "geojson": {
                 "type": "Feature", "properties": {"radius_m": 100},
@@ -963,4 +964,99 @@ async fn expect_no_signal_after_full_threshold(
     let a = alerts(db).await;
     assert_eq!(a.len(), 1, "raised once: {a:?}");
     a
+}
+
+/// The officer's side of the same walk, through the officer API of the
+/// running server: the alert arrives on the live stream, explains itself
+/// with evidence, is resolved with an outcome and a note, and the decision
+/// reaches the stream, the MQTT alert topic and the audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_officer_sees_the_alert_live_and_resolves_it_through_the_api() {
+    let db = TestDb::new().await;
+    db.store()
+        .apply_scenario(&scenario("tag-11"), "test")
+        .await
+        .unwrap();
+    let opts = ServerOpts::new(&db);
+    let (published, _sub) = subscribe(&format!("{}em/v1/alerts/#", opts.prefix)).await;
+    let srv = start_server(&opts).await;
+    let base = format!("http://{}/api/v1", srv.http_addr);
+    let token =
+        common::api::token(&db.pool, waypoint::api::auth::Role::Officer, Some("pc-1")).await;
+    let http = reqwest::Client::new();
+    let stream = http
+        .get(format!("{base}/alerts/stream"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+
+    let publ = Publisher::connect().await;
+    let topic = native_topic(&opts.prefix, "tag-11");
+    let t0 = Utc::now() - TimeDelta::seconds(60);
+    for (i, d) in [300.0, 150.0, 40.0, 35.0].iter().enumerate() {
+        let m = at(
+            "tag-11",
+            i as u64 + 1,
+            t0 + TimeDelta::seconds(10 * i as i64),
+            *d,
+        );
+        publ.publish(&topic, m.as_str()).await;
+    }
+    // Raised by the rules engine, delivered live; then our own decision
+    // comes back on the same stream.
+    let reader = tokio::spawn(common::api::sse_events(stream, 2));
+    let id = loop {
+        let a = alerts(&db).await;
+        if let Some(a) = a.first() {
+            break a.alert_id;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let detail = common::api::read(
+        http.get(format!("{base}/alerts/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(detail.status, 200, "{}", detail.text);
+    assert_eq!(detail.body["kind"], "exclusion_zone_entry");
+    assert_eq!(detail.body["zone"]["version"], 1);
+    assert!(detail.body["evidence"].as_array().unwrap().len() >= 2);
+    assert!(!detail.body["explanation"].as_str().unwrap().is_empty());
+    let resolved = common::api::read(
+        http.post(format!("{base}/alerts/{id}/resolve"))
+            .bearer_auth(&token)
+            .json(&json!({"outcome": "contacted_supervisee",
+                          "note": "phoned; walking a friend's dog, agreed a new route"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resolved.status, 200, "{}", resolved.text);
+    let events = reader.await.unwrap();
+    assert_eq!(events[0].1, "raised");
+    assert_eq!(events[0].2["alert_id"], id);
+    assert_eq!(events[1].1, "resolved");
+    assert_eq!(events[1].2["alert"]["outcome"], "contacted_supervisee");
+    wait_for("resolved on the MQTT alert topic", WAIT, || async {
+        published
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["alert_id"] == id && e["event_type"] == "resolved")
+    })
+    .await;
+    let trail: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM audit_log WHERE alert_id = $1 ORDER BY audit_id")
+            .bind(id)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(trail, ["alert.read", "alert.resolve"]);
+    srv.stop().await;
 }
