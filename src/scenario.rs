@@ -338,7 +338,7 @@ fn check_target(
 }
 
 /// What a load changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct LoadReport {
     /// Supervisees created.
     pub supervisees_created: u64,

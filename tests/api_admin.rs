@@ -1152,3 +1152,77 @@ async fn officers_approve_bounded_absences_only() {
     assert_eq!(c.body["cancelled_by"], "off-a");
     assert_eq!(c.body["status"], "cancelled");
 }
+
+#[tokio::test]
+async fn a_whole_provisioning_document_loads_through_the_api() {
+    let db = TestDb::new().await;
+    let api = ApiServer::start(&db, ApiConfig::default()).await;
+    let org = Org::create(&db.pool).await;
+    let doc = |geometry: Value| {
+        json!({
+            "supervisees": [{"case_ref": "P-1", "time_zone": "Europe/London", "officer": "off-a"}],
+            "devices": [{"device_id": "prov-1", "report_interval_s": 30}],
+            "zones": [{"zone_ref": "z1", "name": "Park", "geojson": geometry}],
+            "rules": [{"supervisee": "P-1", "role": "exclusion", "zone": "z1"}],
+            "assignments": [{"device": "prov-1", "supervisee": "P-1", "from": "2026-01-01T00:00:00Z"}]
+        })
+    };
+    let circle = json!({"type": "Feature", "properties": {"radius_m": 150},
+                        "geometry": {"type": "Point", "coordinates": [-0.1, 51.5]}});
+    // Padding stands in for a large fleet: the route takes more than the
+    // API's usual 2 MiB.
+    let mut body = doc(circle.clone()).to_string().into_bytes();
+    body.extend(std::iter::repeat_n(b' ', 3 * 1024 * 1024));
+    let r = read(
+        api.http
+            .post(format!("{}/scenario", api.base))
+            .bearer_auth(&org.admin)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["supervisees_created"], 1);
+    assert_eq!(r.body["zones_created"], 1);
+    // The officer named in the document now sees the person.
+    let mine = api.get("/supervisees?q=P-", &org.off_a).await;
+    assert_eq!(mine.body["items"][0]["case_ref"], "P-1", "{}", mine.text);
+    assert_eq!(audit::count(&db.pool, "scenario.load").await.unwrap(), 1);
+
+    let bowtie = json!({"type": "Polygon", "coordinates":
+        [[[0.0, 51.0], [0.01, 51.01], [0.01, 51.0], [0.0, 51.01], [0.0, 51.0]]]});
+    let r = api.post("/scenario", &org.admin, doc(bowtie)).await;
+    assert_problem(&r, 422);
+    assert_eq!(r.body["errors"][0]["field"], "zones[0] (z1)", "{}", r.text);
+    assert_problem(
+        &api.post("/scenario", &org.off_a, doc(circle.clone())).await,
+        403,
+    );
+    let text = read(
+        api.http
+            .post(format!("{}/scenario", api.base))
+            .bearer_auth(&org.admin)
+            .header("content-type", "text/plain")
+            .body("{}")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&text, 415);
+    let broken = read(
+        api.http
+            .post(format!("{}/scenario", api.base))
+            .bearer_auth(&org.admin)
+            .header("content-type", "application/json")
+            .body("{\"supervisees\": [")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&broken, 400);
+}

@@ -75,6 +75,7 @@ fn policy() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("retire_zone", admin),
         ("create_rule", admin),
         ("retire_rule", admin),
+        ("load_scenario", admin),
         // The trail, for auditors only.
         ("query_audit", &[U]),
         // Signing in and out: everyone.

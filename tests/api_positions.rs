@@ -774,6 +774,58 @@ async fn exports_in_three_formats_carry_a_digest_of_their_bytes_and_are_audited(
 }
 
 #[tokio::test]
+async fn an_export_whose_audit_record_cannot_be_written_returns_no_data() {
+    let w = world().await;
+    let pool = &w.db.pool;
+    let dev = assign_device(pool, "tag-a", w.org.case_a, now() - TimeDelta::days(10)).await;
+    let base = at(2026, 3, 19, 8, 0);
+    insert_fixes(pool, dev, base, TimeDelta::minutes(1), 20).await;
+    // The audit log refuses export records (as a full disk or a lost
+    // connection would, after the data has been read and formatted).
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_export_audit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.action LIKE 'export.%' THEN RAISE EXCEPTION 'audit refused'; END IF; \
+         RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_export_audit BEFORE INSERT ON audit_log \
+         FOR EACH ROW EXECUTE FUNCTION refuse_export_audit();",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let range = format!("from={}&to={}", iso(base), iso(base + TimeDelta::hours(1)));
+    for f in ["geojson", "csv", "gpx"] {
+        let r = w
+            .api
+            .get(
+                &format!("/supervisees/{}/export?{range}&format={f}", w.org.case_a),
+                &w.org.off_a,
+            )
+            .await;
+        assert_eq!(r.status, 500, "{f}: {}", r.text);
+        assert!(!r.headers.contains_key("x-content-sha256"), "{f}");
+        assert!(!r.headers.contains_key("repr-digest"), "{f}");
+        assert!(
+            !r.text.contains("tag-a") && !r.text.contains("51.5"),
+            "{f}: {}",
+            r.text
+        );
+    }
+    sqlx::query("DROP TRIGGER refuse_export_audit ON audit_log")
+        .execute(pool)
+        .await
+        .unwrap();
+    let ok = w
+        .api
+        .get(
+            &format!("/supervisees/{}/export?{range}&format=csv", w.org.case_a),
+            &w.org.off_a,
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(audits(pool, "export.csv").await.len(), 1);
+}
+
+#[tokio::test]
 async fn compliance_counts_a_constructed_history() {
     let w = world().await;
     let pool = &w.db.pool;

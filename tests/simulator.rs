@@ -11,7 +11,7 @@ use common::*;
 use firmware_sim::encode::Encoding;
 use firmware_sim::fleet::{window, Fleet, FleetParams, ServerRules};
 use firmware_sim::persona::Mix;
-use firmware_sim::provision::Provisioner;
+use firmware_sim::provision::{ApiTarget, Provisioner};
 use firmware_sim::readback::Readback;
 use firmware_sim::run::{run, Broker, RunOptions};
 use firmware_sim::world::Frame;
@@ -45,13 +45,19 @@ async fn every_injected_violation_is_raised_and_nothing_else() {
         server: ServerRules::default(),
     })
     .unwrap();
+    // Provisioned as an administrator would: through the officer API.
+    let admin = common::api::token(&db.pool, waypoint::api::auth::Role::Admin, None).await;
     Provisioner {
         bin: env!("CARGO_BIN_EXE_waypoint").into(),
         database_url: Some(db.url.clone()),
+        api: Some(ApiTarget {
+            url: format!("http://{}", server.http_addr),
+            token: admin,
+        }),
     }
     .load(&fleet.scenario())
     .await
-    .expect("provisioning through `waypoint scenario load`");
+    .expect("provisioning through POST /api/v1/scenario");
 
     let (host, port) = (BROKER.0.to_string(), BROKER.1);
     let opts = RunOptions {

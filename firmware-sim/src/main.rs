@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use firmware_sim::encode::Encoding;
 use firmware_sim::fleet::{window, Fleet, FleetParams, ServerRules};
 use firmware_sim::persona::{Mix, Persona};
-use firmware_sim::provision::Provisioner;
+use firmware_sim::provision::{ApiTarget, Provisioner};
 use firmware_sim::readback::Readback;
 use firmware_sim::run::{Broker, RunOptions};
 use firmware_sim::world::Frame;
@@ -179,9 +179,16 @@ struct RunArgs {
     /// Waypoint's metrics endpoint (http://host:port/metrics), for the lag series.
     #[arg(long)]
     metrics_url: Option<String>,
-    /// The `waypoint` binary used to provision.
+    /// The `waypoint` binary used to provision (when no --api-url).
     #[arg(long)]
     waypoint_bin: Option<PathBuf>,
+    /// Provision through the officer API of this server
+    /// (http://host:port) instead of the `waypoint` binary.
+    #[arg(long, requires = "api_token")]
+    api_url: Option<String>,
+    /// Admin token for --api-url (`waypoint tokens create --role admin`).
+    #[arg(long, env = "FIRMWARE_SIM_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
     /// Do not provision (the fleet is already loaded).
     #[arg(long)]
     no_provision: bool,
@@ -347,6 +354,11 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
             .clone()
             .unwrap_or_else(Provisioner::default_bin),
         database_url: a.database_url.clone(),
+        api: a
+            .api_url
+            .clone()
+            .zip(a.api_token.clone())
+            .map(|(url, token)| ApiTarget { url, token }),
     };
     if !a.no_provision {
         let took = provisioner.load(&fleet.scenario()).await?;

@@ -1,6 +1,7 @@
-//! Provisioning a fleet through the server's own admin interface:
-//! `waypoint scenario load` (docs/scenario.md), the same path an operator
-//! uses, so a load test needs nothing set up by hand.
+//! Provisioning a fleet through the server's own admin interfaces, the
+//! paths an operator uses, so a load test needs nothing set up by hand:
+//! the officer API's `POST /api/v1/scenario` with an admin token, or
+//! `waypoint scenario load` (docs/scenario.md) where no API is reachable.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -32,6 +33,31 @@ pub enum ProvisionError {
     /// The load was refused.
     #[error("`waypoint scenario load` failed: {0}")]
     Refused(String),
+    /// The API could not be reached.
+    #[error("cannot reach the officer API at {url}: {source}")]
+    Unreachable {
+        /// Endpoint.
+        url: String,
+        /// Cause.
+        source: reqwest::Error,
+    },
+    /// The API refused the document (its problem+json body, capped).
+    #[error("the officer API refused the scenario ({status}): {body}")]
+    ApiRefused {
+        /// HTTP status.
+        status: u16,
+        /// Problem document.
+        body: String,
+    },
+}
+
+/// Where the officer API is, and an admin token for it.
+#[derive(Debug, Clone)]
+pub struct ApiTarget {
+    /// Base URL of the server, e.g. `http://127.0.0.1:8080`.
+    pub url: String,
+    /// An admin token (`waypoint tokens create --role admin`).
+    pub token: String,
 }
 
 /// Runs `waypoint scenario load`.
@@ -41,6 +67,8 @@ pub struct Provisioner {
     pub bin: PathBuf,
     /// Database URL for it (else its own WAYPOINT_DATABASE_URL).
     pub database_url: Option<String>,
+    /// Provision through the officer API instead of the binary.
+    pub api: Option<ApiTarget>,
 }
 
 impl Provisioner {
@@ -57,6 +85,12 @@ impl Provisioner {
     /// Writes `scenario` to a temporary file and loads it, then gives running
     /// servers [`APPLY_WAIT`] to apply it; returns how long it all took.
     pub async fn load(&self, scenario: &Value) -> Result<Duration, ProvisionError> {
+        if let Some(api) = &self.api {
+            let t = Instant::now();
+            post(api, scenario).await?;
+            tokio::time::sleep(APPLY_WAIT).await;
+            return Ok(t.elapsed());
+        }
         let path = std::env::temp_dir().join(format!(
             "firmware-sim-{}-{}.json",
             std::process::id(),
@@ -94,4 +128,31 @@ impl Provisioner {
         tokio::time::sleep(APPLY_WAIT).await;
         Ok(t.elapsed())
     }
+}
+
+/// `POST {url}/api/v1/scenario` with the admin token; the server validates
+/// and applies it in one transaction (no timeout: a 100k-person fleet
+/// takes minutes).
+async fn post(api: &ApiTarget, scenario: &Value) -> Result<(), ProvisionError> {
+    let url = format!("{}/api/v1/scenario", api.url.trim_end_matches('/'));
+    let unreachable = |source| ProvisionError::Unreachable {
+        url: url.clone(),
+        source,
+    };
+    let r = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&api.token)
+        .json(scenario)
+        .send()
+        .await
+        .map_err(unreachable)?;
+    let status = r.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = r.text().await.unwrap_or_default();
+    Err(ProvisionError::ApiRefused {
+        status: status.as_u16(),
+        body: body.chars().take(2000).collect(),
+    })
 }

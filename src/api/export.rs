@@ -219,7 +219,7 @@ pub async fn export(
     let max_fixes = st.cfg.max_export_fixes.max(0);
     // Exports are built in memory: a few at a time, the rest wait briefly
     // and are then told to retry rather than exhausting memory.
-    let _permit = tokio::time::timeout(
+    let permit = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         st.exports.clone().acquire_owned(),
     )
@@ -262,12 +262,13 @@ pub async fn export(
             span: i,
         }));
     }
-    if !fixes.is_sorted_by_key(|f| f.t) {
-        fixes.sort_by_key(|f| f.t);
-    }
 
     let alerts = read_alerts(&mut tx, id, from, to).await?;
     let zones = zones_in_force(&mut tx, id, from, to).await?;
+    // The snapshot is read: give the connection back before the (long,
+    // CPU-bound) formatting rather than idling in a transaction.
+    tx.commit().await?;
+
     let now = st.clock.now();
     let bundle = Bundle {
         supervisee_id: id,
@@ -281,27 +282,35 @@ pub async fn export(
         alerts,
         zones,
     };
-    let body = match format {
-        Format::GeoJson => geojson(&bundle)?,
-        Format::Csv => csv(&bundle),
-        Format::Gpx => gpx(&bundle).into_bytes(),
-    };
-    let digest = Sha256::digest(&body);
-    let hex = hex::encode(digest);
-    let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
+    // Sorting, formatting and hashing up to `max_export_fixes` fixes is
+    // seconds of CPU: off the async workers, which serve the other
+    // requests (and ingest). The permit travels with the work, so that an
+    // export whose client went away still counts until its memory is freed.
+    let (built, permit) = tokio::task::spawn_blocking(move || (build(bundle, format), permit))
+        .await
+        .map_err(|e| ApiError::Internal(format!("export formatting task: {e}")))?;
+    let Built {
+        body,
+        hex,
+        b64,
+        rows,
+        alerts,
+    } = built?;
 
+    // No audit record, no data: the record (with the digest) is written,
+    // in a statement of its own, before the body is returned; if it fails,
+    // the export fails.
     audit::record(
-        &mut *tx,
+        &st.pool,
         &who,
         &reason,
         now,
         Entry::supervisee(format.audit_action(), id).with(json!({
-            "from": from, "to": to, "rows": bundle.fixes.len(),
-            "alerts": bundle.alerts.len(), "bytes": body.len(), "sha256": hex,
+            "from": from, "to": to, "rows": rows,
+            "alerts": alerts, "bytes": body.len(), "sha256": hex,
         })),
     )
     .await?;
-    tx.commit().await?;
 
     let filename = format!(
         "supervisee-{id}-{}-{}.{}",
@@ -327,7 +336,39 @@ pub async fn export(
         // Personal data: no shared or browser cache may keep a copy.
         (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
     ];
+    drop(permit);
     Ok((StatusCode::OK, headers, body).into_response())
+}
+
+/// An export body with its SHA-256 and what the audit record counts.
+struct Built {
+    body: Vec<u8>,
+    /// Digest, lowercase hex.
+    hex: String,
+    /// Digest, standard base64.
+    b64: String,
+    rows: usize,
+    alerts: usize,
+}
+
+/// Formats and hashes a bundle (CPU-bound: run it on a blocking thread).
+fn build(mut bundle: Bundle, format: Format) -> Result<Built, ApiError> {
+    if !bundle.fixes.is_sorted_by_key(|f| f.t) {
+        bundle.fixes.sort_by_key(|f| f.t);
+    }
+    let body = match format {
+        Format::GeoJson => geojson(&bundle)?,
+        Format::Csv => csv(&bundle),
+        Format::Gpx => gpx(&bundle).into_bytes(),
+    };
+    let digest = Sha256::digest(&body);
+    Ok(Built {
+        hex: hex::encode(digest),
+        b64: base64::engine::general_purpose::STANDARD.encode(digest),
+        rows: bundle.fixes.len(),
+        alerts: bundle.alerts.len(),
+        body,
+    })
 }
 
 /// The supervisee's alerts raised in `[from, to)`, with decisions and

@@ -13,7 +13,7 @@
 //! detail, decisions), [`stream`] (SSE and tickets), [`escalation`],
 //! [`people`] (supervisees, officers, teams, devices), [`zones`] (zones,
 //! rules, exceptions), [`positions`] (latest, track), [`export`],
-//! [`compliance`], [`session`] (browser sign-in with an HttpOnly cookie).
+//! [`compliance`], [`provision`] (whole provisioning documents), [`session`] (browser sign-in with an HttpOnly cookie).
 //!
 //! The OpenAPI document is assembled from the handlers' own annotations by
 //! `utoipa-axum` as the router is built, so the two cannot drift.
@@ -27,6 +27,7 @@ pub mod escalation;
 pub mod export;
 pub mod people;
 pub mod positions;
+pub mod provision;
 pub mod session;
 pub mod stream;
 pub mod zones;
@@ -252,6 +253,7 @@ pub fn api_parts() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .merge(export::routes())
         .merge(compliance::routes())
         .merge(session::routes())
+        .merge(provision::routes())
         .split_for_parts()
 }
 
