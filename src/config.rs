@@ -39,6 +39,8 @@ pub enum Command {
         #[command(subcommand)]
         cmd: ScenarioCmd,
     },
+    /// Print the officer API's OpenAPI document (JSON) and exit.
+    Openapi,
     /// Issue and revoke officer API tokens.
     Tokens {
         /// Token action.

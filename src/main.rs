@@ -52,6 +52,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Scenario { cmd } => scenario(cmd).await?,
         Command::Alerts { cmd } => alerts(cmd).await?,
         Command::Tokens { cmd } => tokens(cmd).await?,
+        Command::Openapi => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&waypoint::api::openapi())?
+            )
+        }
     }
     Ok(())
 }
