@@ -169,7 +169,9 @@ pub async fn start<S: Store>(
             outbox.clone(),
             stopped.clone(),
         ));
-        ops = ops.merge(api::router(state));
+        ops = ops
+            .merge(api::router(state))
+            .merge(crate::web::router(cfg.web.clone()));
     }
     tracker.spawn({
         let stopped = stopped.clone();

@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server: ingest from MQTT, store, serve /metrics and probes.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
     /// Enroll, revoke and list devices.
@@ -293,9 +293,17 @@ pub struct ServeArgs {
     /// Group named on escalations when the officer has no supervisor.
     #[arg(long, env = "WAYPOINT_ON_CALL_GROUP", default_value = "on-call")]
     pub on_call_group: String,
-    /// Serve the officer API under /api/v1.
+    /// Serve the officer API under /api/v1 and the dashboard at /.
     #[arg(long, env = "WAYPOINT_API", default_value_t = true, action = clap::ArgAction::Set)]
     pub api: bool,
+    /// Basemap tile URL for the dashboard's maps
+    /// (`https://host/{z}/{x}/{y}.png`); without one, maps draw zones and
+    /// tracks on their own (no internet needed).
+    #[arg(long, env = "WAYPOINT_BASEMAP_URL")]
+    pub basemap_url: Option<String>,
+    /// Attribution the basemap's provider requires.
+    #[arg(long, env = "WAYPOINT_BASEMAP_ATTRIBUTION")]
+    pub basemap_attribution: Option<String>,
 }
 
 /// Bytes of headroom between the payload cap and the MQTT packet cap, for
@@ -331,6 +339,8 @@ pub struct AppConfig {
     pub publish_alerts: bool,
     /// The officer API's tunables; `None` when it is switched off.
     pub api: Option<crate::api::ApiConfig>,
+    /// The dashboard's deployment settings (served with the API).
+    pub web: crate::web::UiConfig,
 }
 
 /// Parses `5m`, `90s`, `1h` or `off`.
@@ -446,6 +456,15 @@ impl ServeArgs {
             rules,
             publish_alerts: self.publish_alerts,
             api: self.api_config()?,
+            web: crate::web::UiConfig {
+                basemap_url: match &self.basemap_url {
+                    Some(u) if !(u.starts_with("https://") || u.starts_with("http://")) => {
+                        return Err(bad(format!("--basemap-url {u:?} must be an http(s) URL")))
+                    }
+                    u => u.clone(),
+                },
+                basemap_attribution: self.basemap_attribution.clone(),
+            },
         })
     }
 }
@@ -493,6 +512,9 @@ mod tests {
         assert!(args(&["--escalate-after", "critical=3000000000h"])
             .unwrap_err()
             .contains("30 days"));
+        assert!(args(&["--basemap-url", "ftp://tiles/{z}/{x}/{y}.png"])
+            .unwrap_err()
+            .contains("basemap"));
         assert!(args(&["--escalate-after", "urgent=5m"])
             .unwrap_err()
             .contains("severity"));

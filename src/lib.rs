@@ -33,6 +33,7 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`api`]: the officer API (`/api/v1`): caseloads, zones, alerts and
 //!   decisions, live alert stream, audit trail.
+//! - [`web`]: the officer dashboard (static files embedded from `web/`).
 //! - [`app`]: wiring and shutdown order; [`config`]: flags and env.
 //! - [`clock`]: the injectable clock; [`metrics`]: Prometheus registry.
 #![deny(missing_docs)]
@@ -53,3 +54,4 @@ pub mod rules;
 pub mod scenario;
 pub mod store;
 pub mod track;
+pub mod web;

@@ -493,6 +493,7 @@ async fn live_stream_delivers_scoped_events_and_resumes_without_loss() {
     assert_eq!(first[0].1, "raised");
     assert_eq!(first[0].2["alert_id"], a1);
     assert!(first[0].2["alert"].get("details").is_none());
+    assert_eq!(first[0].2["alert"]["case_ref"], "case-a");
     let last_id: i64 = first[0].0.parse().unwrap();
 
     // While disconnected: an acknowledgement and a new alert. A reconnect

@@ -164,5 +164,35 @@ async fn the_server_serves_the_api_beside_the_operations_endpoints() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
+    assert_eq!(ok.headers()["cache-control"], "no-store");
+    // The dashboard is served from the same origin, under a strict policy.
+    let page = reqwest::get(format!("{base}/")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    let cfg: serde_json::Value = reqwest::get(format!("{base}/ui-config.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(cfg["basemap_url"].is_null());
+    assert_eq!(
+        reqwest::get(format!("{base}/no-such.js"))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     srv.stop().await;
 }

@@ -451,6 +451,8 @@ pub struct Audience {
     pub officer_ref: Option<String>,
     /// That officer's team.
     pub team_id: Option<i64>,
+    /// The supervisee's case reference, as live views label the alert.
+    pub case_ref: Option<String>,
 }
 
 #[cfg(test)]

@@ -277,6 +277,16 @@ pub fn router(state: ApiState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        // Personal data: never kept by browsers or proxies.
+        .layer(axum::middleware::map_response(
+            |mut r: axum::response::Response| async move {
+                r.headers_mut().insert(
+                    axum::http::header::CACHE_CONTROL,
+                    axum::http::HeaderValue::from_static("no-store"),
+                );
+                r
+            },
+        ))
         // Defence in depth: a handler that panics despite validation
         // answers a 500 problem (logged with an id) instead of dropping the
         // connection.

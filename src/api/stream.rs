@@ -193,6 +193,7 @@ fn event_data(e: &AlertEvent) -> serde_json::Value {
     if let Some(o) = alert.as_object_mut() {
         o.remove("details");
         o.remove("device_key");
+        o.insert("case_ref".into(), e.audience.case_ref.clone().into());
     }
     serde_json::json!({
         "event_id": e.event_id,

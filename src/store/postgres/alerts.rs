@@ -478,7 +478,8 @@ pub(crate) async fn events_after(
     limit: i64,
 ) -> Result<Vec<AlertEvent>, StoreError> {
     let rows = sqlx::query(
-        "SELECT e.event_id, e.alert_id, e.event_type, e.at, e.payload, s.officer_ref, o.team_id \
+        "SELECT e.event_id, e.alert_id, e.event_type, e.at, e.payload, s.officer_ref, o.team_id, \
+           s.case_ref \
          FROM alert_events e JOIN alerts a ON a.alert_id = e.alert_id \
          LEFT JOIN supervisees s ON s.supervisee_id = a.supervisee_id \
          LEFT JOIN officers o ON o.officer_ref = s.officer_ref \
@@ -503,6 +504,7 @@ pub(crate) async fn events_after(
                 audience: Audience {
                     officer_ref: r.get("officer_ref"),
                     team_id: r.get("team_id"),
+                    case_ref: r.get("case_ref"),
                 },
             }
         })
