@@ -18,23 +18,18 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
-use serde_json::json;
+use chrono::{TimeDelta, Utc};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
+use common::walk::*;
 use common::*;
 use waypoint::api::auth::Role;
 use waypoint::ingest::topic::native_topic;
-use waypoint::scenario::Scenario;
 use waypoint::store::Store;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-const LAT: f64 = 51.5;
-const LON: f64 = -0.12;
-/// Metres to degrees of latitude.
-const M: f64 = 1.0 / 111_195.0;
 /// The note the browser resolves the alert with (markup in it must be shown
 /// as text, never rendered).
 const NOTE: &str =
@@ -52,31 +47,6 @@ const SCREENSHOTS: [&str; 6] = [
     "admin.png",
     "tablet-queue.png",
 ];
-
-fn scenario(device: &str) -> Scenario {
-    Scenario::parse(
-        &json!({
-            "supervisees": [{"case_ref": "C-100", "time_zone": "Europe/London",
-                             "officer": "pc-1"}],
-            "devices": [{"device_id": device, "report_interval_s": 10}],
-            "zones": [{"zone_ref": "victim-home", "name": "Victim residence", "geojson": {
-                "type": "Feature", "properties": {"radius_m": 100},
-                "geometry": {"type": "Point", "coordinates": [LON, LAT]}}}],
-            "rules": [{"supervisee": "C-100", "role": "exclusion", "zone": "victim-home"}],
-            "assignments": [{"device": device, "supervisee": "C-100",
-                             "from": "2020-01-01T00:00:00Z"}]
-        })
-        .to_string(),
-    )
-    .unwrap()
-}
-
-/// A one-fix JSON message `north_m` metres north of the zone centre.
-fn at(device: &str, seq: u64, ts: DateTime<Utc>, north_m: f64) -> String {
-    json!({"v": 1, "device": device, "boot": 1, "seq": seq, "fixes": [{
-        "ts": ts.timestamp_millis(), "lat": LAT + north_m * M, "lon": LON, "acc": 8}]})
-    .to_string()
-}
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

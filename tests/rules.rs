@@ -11,44 +11,15 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 
+use common::walk::*;
 use common::*;
 use waypoint::alerts::{AlertKey, AlertKind, AlertOp, Confidence, NewAlert, OfficerAction};
 use waypoint::alerts::{ResolutionOutcome, Severity};
 use waypoint::clock::ManualClock;
 use waypoint::ingest::topic::native_topic;
-use waypoint::scenario::Scenario;
 use waypoint::store::{AlertFilter, AlertWrites, Store, StoreError};
 
 const WAIT: Duration = Duration::from_secs(30);
-const LAT: f64 = 51.5;
-const LON: f64 = -0.12;
-/// Metres to degrees of latitude.
-const M: f64 = 1.0 / 111_195.0;
-
-fn scenario(device: &str) -> Scenario {
-    Scenario::parse(
-        &json!({
-            "supervisees": [{"case_ref": "C-100", "time_zone": "Europe/London",
-                             "officer": "pc-1"}],
-            "devices": [{"device_id": device, "report_interval_s": 10}],
-            "zones": [{"zone_ref": "victim-home", "name": "Victim residence", "geojson": {
-                "type": "Feature", "properties": {"radius_m": 100},
-                "geometry": {"type": "Point", "coordinates": [LON, LAT]}}}],
-            "rules": [{"supervisee": "C-100", "role": "exclusion", "zone": "victim-home"}],
-            "assignments": [{"device": device, "supervisee": "C-100",
-                             "from": "2020-01-01T00:00:00Z"}]
-        })
-        .to_string(),
-    )
-    .unwrap()
-}
-
-/// A one-fix JSON message `north_m` metres north of the zone centre.
-fn at(device: &str, seq: u64, ts: DateTime<Utc>, north_m: f64) -> String {
-    json!({"v": 1, "device": device, "boot": 1, "seq": seq, "fixes": [{
-        "ts": ts.timestamp_millis(), "lat": LAT + north_m * M, "lon": LON, "acc": 8}]})
-    .to_string()
-}
 
 async fn alerts(db: &TestDb) -> Vec<waypoint::store::AlertRecord> {
     db.store()

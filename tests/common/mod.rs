@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod broker;
+pub mod walk;
 
 use std::future::Future;
 use std::net::SocketAddr;
