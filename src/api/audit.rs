@@ -60,6 +60,22 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// An entry with no alert: about a supervisee's data or configuration
+    /// when `supervisee_id` is given, else about the caller's own session
+    /// or the deployment as a whole.
+    pub fn new(
+        action: &'static str,
+        supervisee_id: Option<i64>,
+        detail: serde_json::Value,
+    ) -> Self {
+        Self {
+            action,
+            supervisee_id,
+            alert_id: None,
+            detail,
+        }
+    }
+
     /// An entry about a supervisee's data.
     pub fn supervisee(action: &'static str, supervisee_id: i64) -> Self {
         Self {

@@ -55,21 +55,6 @@ pub(super) fn check_text(field: &str, v: &str, max: usize, errs: &mut Vec<FieldE
     }
 }
 
-/// An audit entry for a configuration change that may concern no
-/// supervisee.
-pub(super) fn config_entry(
-    action: &'static str,
-    supervisee_id: Option<i64>,
-    detail: serde_json::Value,
-) -> Entry {
-    Entry {
-        action,
-        supervisee_id,
-        alert_id: None,
-        detail,
-    }
-}
-
 /// Whether `e` is a database error with SQLSTATE `code`.
 pub(super) fn is_db_code(e: &sqlx::Error, code: &str) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(code))
@@ -671,7 +656,7 @@ pub async fn create_officer(
         &who,
         &reason,
         st.clock.now(),
-        config_entry(
+        Entry::new(
             "officer.create",
             None,
             json!({"officer_id": id, "officer_ref": b.officer_ref, "team_ref": b.team_ref}),
@@ -764,7 +749,7 @@ pub async fn patch_officer(
         &who,
         &reason,
         st.clock.now(),
-        config_entry(
+        Entry::new(
             "officer.update",
             None,
             json!({"officer_id": id, "officer_ref": b.officer_ref, "team_ref": b.team_ref,
@@ -940,7 +925,7 @@ pub async fn create_team(
         &who,
         &reason,
         st.clock.now(),
-        config_entry(
+        Entry::new(
             "team.create",
             None,
             json!({"team_id": id, "team_ref": b.team_ref, "supervisor_ref": b.supervisor_ref}),
@@ -1024,7 +1009,7 @@ pub async fn patch_team(
         &who,
         &reason,
         st.clock.now(),
-        config_entry(
+        Entry::new(
             "team.update",
             None,
             json!({"team_id": id, "team_ref": b.team_ref, "name": b.name,
@@ -1348,7 +1333,7 @@ pub async fn create_device(
         &who,
         &reason,
         now,
-        config_entry(
+        Entry::new(
             "device.create",
             None,
             json!({"device_id": b.device_id, "report_interval_s": b.report_interval_s}),
@@ -1408,7 +1393,7 @@ pub async fn patch_device(
         &who,
         &reason,
         now,
-        config_entry(
+        Entry::new(
             "device.update",
             None,
             json!({"device_id": device_id, "report_interval_s": b.report_interval_s}),
@@ -1456,7 +1441,7 @@ pub async fn revoke_device(
         &who,
         &reason,
         now,
-        config_entry("device.revoke", None, json!({"device_id": device_id})),
+        Entry::new("device.revoke", None, json!({"device_id": device_id})),
     )
     .await?;
     let d = read_device(&mut tx, &device_id, now).await?;

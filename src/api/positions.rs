@@ -147,12 +147,11 @@ pub async fn list_positions(
         .filter(|p| p.fix_time.is_some())
         .map(|p| p.supervisee_id)
         .collect();
-    let entry = Entry {
-        action: "positions.read",
-        supervisee_id: None,
-        alert_id: None,
-        detail: json!({ "count": seen.len(), "supervisee_ids": seen }),
-    };
+    let entry = Entry::new(
+        "positions.read",
+        None,
+        json!({ "count": seen.len(), "supervisee_ids": seen }),
+    );
     audit::record(&mut *tx, &who, &reason, now, entry).await?;
     tx.commit().await?;
     Ok(Json(Page { items, next_cursor }))

@@ -78,12 +78,11 @@ pub async fn load_scenario(
         &who,
         &reason,
         st.clock.now(),
-        Entry {
-            action: "scenario.load",
-            supervisee_id: None,
-            alert_id: None,
-            detail: serde_json::to_value(&report).unwrap_or_default(),
-        },
+        Entry::new(
+            "scenario.load",
+            None,
+            serde_json::to_value(&report).unwrap_or_default(),
+        ),
     )
     .await?;
     Ok((StatusCode::OK, Json(report)))

@@ -137,12 +137,11 @@ pub async fn create_session(
         &who,
         &reason,
         now,
-        Entry {
-            action: "session.create",
-            supervisee_id: None,
-            alert_id: None,
-            detail: serde_json::json!({ "expires_at": expires_at }),
-        },
+        Entry::new(
+            "session.create",
+            None,
+            serde_json::json!({ "expires_at": expires_at }),
+        ),
     )
     .await?;
     tx.commit().await?;

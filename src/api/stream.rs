@@ -316,12 +316,11 @@ pub async fn alert_stream(
         &who,
         &reason,
         st.clock.now(),
-        Entry {
-            action: "alerts.stream",
-            supervisee_id: None,
-            alert_id: None,
-            detail: serde_json::json!({ "after": cursor }),
-        },
+        Entry::new(
+            "alerts.stream",
+            None,
+            serde_json::json!({ "after": cursor }),
+        ),
     )
     .await?;
     let feed = Feed {

@@ -31,7 +31,7 @@ use utoipa_axum::routes;
 use super::audit::{self, AuditReason, Entry};
 use super::auth::{Principal, Role, ADMIN};
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, FieldError, StdErrors};
-use super::people::{check_text, config_entry, unique_as, READERS};
+use super::people::{check_text, unique_as, READERS};
 use super::{done, id_cursor, limit_of, paginate, ApiState, Page};
 use crate::geofence::Shape;
 use crate::rules::schedule::Schedule;
@@ -295,7 +295,7 @@ async fn audited_feature(
         who,
         reason,
         st.clock.now(),
-        config_entry(
+        Entry::new(
             "zone.read",
             None,
             json!({"zone_id": zone_id, "version": f.properties.version}),
@@ -490,7 +490,7 @@ pub async fn create_zone(
         &who,
         &reason,
         now,
-        config_entry(
+        Entry::new(
             "zone.create",
             None,
             json!({"zone_id": zone_id, "zone_ref": b.zone_ref, "list_ref": b.list_ref,
@@ -584,7 +584,7 @@ pub async fn put_geometry(
             &who,
             &reason,
             now,
-            config_entry(
+            Entry::new(
                 "zone.geometry",
                 None,
                 json!({"zone_id": zone_id, "version": version, "previous": current,
@@ -651,7 +651,7 @@ pub async fn retire_zone(
         &who,
         &reason,
         now,
-        config_entry("zone.retire", None, json!({"zone_id": zone_id})),
+        Entry::new("zone.retire", None, json!({"zone_id": zone_id})),
     )
     .await?;
     let f = read_feature(&mut tx, &who, zone_id, None).await?;
