@@ -108,19 +108,31 @@ async fn main() {
         .collect();
     let mut officer_tokens = Vec::new();
     for r in &officer_refs {
-        let t = create_token(&pool, Role::Officer, Some(r), Some("bench"), None)
-            .await
-            .unwrap();
+        let t = create_token(
+            &waypoint::store::sql::Db::Pg(pool.clone()),
+            Role::Officer,
+            Some(r),
+            Some("bench"),
+            None,
+        )
+        .await
+        .unwrap();
         officer_tokens.push(t.token);
     }
     let mut sup_tokens = Vec::new();
     for t in 0..100 {
         let r = format!("bench-o-{}", t * 20 + 1);
         sup_tokens.push(
-            create_token(&pool, Role::Supervisor, Some(&r), Some("bench"), None)
-                .await
-                .unwrap()
-                .token,
+            create_token(
+                &waypoint::store::sql::Db::Pg(pool.clone()),
+                Role::Supervisor,
+                Some(&r),
+                Some("bench"),
+                None,
+            )
+            .await
+            .unwrap()
+            .token,
         );
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
@@ -160,7 +172,7 @@ async fn main() {
                 assert!(!body["items"].as_array().unwrap().is_empty());
             }
             // Baseline: the same query, straight to PostgreSQL.
-            let who = principal_for(&pool, tok, Utc::now())
+            let who = principal_for(&waypoint::store::sql::Db::Pg(pool.clone()), tok, Utc::now())
                 .await
                 .unwrap()
                 .unwrap();
@@ -200,10 +212,16 @@ async fn main() {
         .fetch_one(&pool)
         .await
         .unwrap();
-        let tok = create_token(&pool, Role::Officer, Some(&officer), Some("bench"), None)
-            .await
-            .unwrap()
-            .token;
+        let tok = create_token(
+            &waypoint::store::sql::Db::Pg(pool.clone()),
+            Role::Officer,
+            Some(&officer),
+            Some("bench"),
+            None,
+        )
+        .await
+        .unwrap()
+        .token;
         let t = Instant::now();
         let r = http
             .get(format!(
@@ -410,10 +428,16 @@ async fn sse(
     let mut sup_tokens = Vec::new();
     for _ in 0..1000 {
         sup_tokens.push(
-            create_token(pool, Role::Supervisor, Some(sup_ref), Some("bench"), None)
-                .await
-                .unwrap()
-                .token,
+            create_token(
+                &waypoint::store::sql::Db::Pg(pool.clone()),
+                Role::Supervisor,
+                Some(sup_ref),
+                Some("bench"),
+                None,
+            )
+            .await
+            .unwrap()
+            .token,
         );
     }
     let (ftx, mut frx) = mpsc::unbounded_channel();

@@ -164,11 +164,13 @@ pub async fn start<S: Store>(
             api_cfg,
         );
         tracker.spawn(escalation::run(state.clone(), stopped.clone()));
-        tracker.spawn(crate::store::postgres::watch_alert_log(
-            state.pool.clone(),
-            outbox.clone(),
-            stopped.clone(),
-        ));
+        if let Some(pool) = state.db.pg() {
+            tracker.spawn(crate::store::postgres::watch_alert_log(
+                pool.clone(),
+                outbox.clone(),
+                stopped.clone(),
+            ));
+        }
         ops = ops
             .merge(api::router(state))
             .merge(crate::web::router(cfg.web.clone()));

@@ -79,7 +79,7 @@ async fn tokens(cmd: TokensCmd) -> anyhow::Result<()> {
             let expires =
                 expires_in_days.map(|d| SystemClock.now() + chrono::TimeDelta::days(i64::from(d)));
             let t = auth::create_token(
-                store.pool(),
+                &waypoint::store::sql::Db::Pg(store.pool().clone()),
                 role,
                 officer.as_deref(),
                 label.as_deref(),
@@ -95,7 +95,12 @@ async fn tokens(cmd: TokensCmd) -> anyhow::Result<()> {
         }
         TokensCmd::Revoke { token_id, db } => {
             let store = open(&db, 1).await?;
-            if !auth::revoke_token(store.pool(), token_id).await? {
+            if !auth::revoke_token(
+                &waypoint::store::sql::Db::Pg(store.pool().clone()),
+                token_id,
+            )
+            .await?
+            {
                 anyhow::bail!("no live token {token_id}");
             }
             println!("token {token_id} revoked");

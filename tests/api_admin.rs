@@ -410,7 +410,10 @@ async fn admin_builds_configuration_and_reads_it_back() {
         "team.update",
     ] {
         assert!(
-            audit::count(&w.db.pool, action).await.unwrap() >= 1,
+            audit::count(&waypoint::store::sql::Db::Pg(w.db.pool.clone()), action)
+                .await
+                .unwrap()
+                >= 1,
             "no audit record for {action}"
         );
     }
@@ -491,8 +494,24 @@ async fn zone_geometry_update_creates_a_version_and_keeps_the_old_one() {
         &w.api.get(&format!("/zones/{id}/versions/3"), admin).await,
         404,
     );
-    assert_eq!(audit::count(&w.db.pool, "zone.geometry").await.unwrap(), 1);
-    assert!(audit::count(&w.db.pool, "zone.read").await.unwrap() >= 2);
+    assert_eq!(
+        audit::count(
+            &waypoint::store::sql::Db::Pg(w.db.pool.clone()),
+            "zone.geometry"
+        )
+        .await
+        .unwrap(),
+        1
+    );
+    assert!(
+        audit::count(
+            &waypoint::store::sql::Db::Pg(w.db.pool.clone()),
+            "zone.read"
+        )
+        .await
+        .unwrap()
+            >= 2
+    );
 
     // Retiring: refused while a live rule uses the zone.
     let rule = w
@@ -913,7 +932,12 @@ async fn outside_the_caseload_is_indistinguishable_from_nonexistent() {
         409,
     );
     assert_eq!(
-        audit::count(&w.db.pool, "exception.cancel").await.unwrap(),
+        audit::count(
+            &waypoint::store::sql::Db::Pg(w.db.pool.clone()),
+            "exception.cancel"
+        )
+        .await
+        .unwrap(),
         1
     );
 
@@ -1190,7 +1214,15 @@ async fn a_whole_provisioning_document_loads_through_the_api() {
     // The officer named in the document now sees the person.
     let mine = api.get("/supervisees?q=P-", &org.off_a).await;
     assert_eq!(mine.body["items"][0]["case_ref"], "P-1", "{}", mine.text);
-    assert_eq!(audit::count(&db.pool, "scenario.load").await.unwrap(), 1);
+    assert_eq!(
+        audit::count(
+            &waypoint::store::sql::Db::Pg(db.pool.clone()),
+            "scenario.load"
+        )
+        .await
+        .unwrap(),
+        1
+    );
 
     let bowtie = json!({"type": "Polygon", "coordinates":
         [[[0.0, 51.0], [0.01, 51.01], [0.01, 51.0], [0.0, 51.01], [0.0, 51.0]]]});

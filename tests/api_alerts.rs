@@ -164,7 +164,7 @@ async fn workflow_from_alert_to_resolution_is_recorded_and_audited() {
     // Every decision is in the audit log, and the log refuses edits.
     for action in ["alert.acknowledge", "alert.note", "alert.resolve"] {
         assert_eq!(
-            waypoint::api::audit::count(&w.db.pool, action)
+            waypoint::api::audit::count(&waypoint::store::sql::Db::Pg(w.db.pool.clone()), action)
                 .await
                 .unwrap(),
             1,

@@ -117,9 +117,12 @@ async fn a_token_becomes_an_httponly_cookie_that_works_until_sign_out() {
         .contains("Max-Age=0"));
     assert_problem(&read(get("/alerts").await.unwrap()).await, 401);
     assert_eq!(
-        waypoint::api::audit::count(&db.pool, "session.create")
-            .await
-            .unwrap(),
+        waypoint::api::audit::count(
+            &waypoint::store::sql::Db::Pg(db.pool.clone()),
+            "session.create"
+        )
+        .await
+        .unwrap(),
         1
     );
 }

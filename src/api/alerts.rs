@@ -447,7 +447,7 @@ pub async fn alert_detail(
     who.require(CASEWORK)?;
     let mut tx = st.pool.begin().await?;
     let d = read_detail(&mut tx, &who, alert_id).await?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -521,7 +521,7 @@ async fn decide(
             StoreError::Invalid(m) => ApiError::Conflict(m),
             e => e.into(),
         })?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         who,
         reason,

@@ -10,12 +10,13 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgExecutor, PgPool, Row};
+use sqlx::PgExecutor;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiQuery, StdErrors};
 use super::{ApiState, Page};
+use crate::store::sql::{Db, Tx, Q};
 
 /// Request header carrying the caller's reason for looking.
 pub const REASON_HEADER: &str = "x-audit-reason";
@@ -103,29 +104,53 @@ impl Entry {
     }
 }
 
-/// Writes one record (inside the caller's transaction when given one).
-pub async fn record<'e>(
+const INSERT: &str = "INSERT INTO audit_log (at, token_id, actor, role, action, supervisee_id, \
+     alert_id, reason, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+/// Writes one record inside the caller's transaction, so the record and
+/// what it records commit together.
+pub async fn record(
+    tx: &mut Tx,
+    who: &Principal,
+    reason: &AuditReason,
+    at: DateTime<Utc>,
+    e: Entry,
+) -> Result<(), ApiError> {
+    Q::new(INSERT)
+        .bind(at)
+        .bind(who.token_id)
+        .bind(who.actor())
+        .bind(who.role.as_str())
+        .bind(e.action)
+        .bind(e.supervisee_id)
+        .bind(e.alert_id)
+        .bind(&reason.0)
+        .bind(e.detail)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// [`record`] on a PostgreSQL connection (modules not yet moved to [`Tx`]).
+pub async fn record_pg<'e>(
     exec: impl PgExecutor<'e>,
     who: &Principal,
     reason: &AuditReason,
     at: DateTime<Utc>,
     e: Entry,
 ) -> Result<(), ApiError> {
-    sqlx::query(
-        "INSERT INTO audit_log (at, token_id, actor, role, action, supervisee_id, alert_id, \
-         reason, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(at)
-    .bind(who.token_id)
-    .bind(who.actor())
-    .bind(who.role.as_str())
-    .bind(e.action)
-    .bind(e.supervisee_id)
-    .bind(e.alert_id)
-    .bind(&reason.0)
-    .bind(&e.detail)
-    .execute(exec)
-    .await?;
+    sqlx::query(INSERT)
+        .bind(at)
+        .bind(who.token_id)
+        .bind(who.actor())
+        .bind(who.role.as_str())
+        .bind(e.action)
+        .bind(e.supervisee_id)
+        .bind(e.alert_id)
+        .bind(&reason.0)
+        .bind(&e.detail)
+        .execute(exec)
+        .await?;
     Ok(())
 }
 
@@ -198,7 +223,7 @@ pub async fn query_audit(
     let limit = super::limit_of(q.limit, 100, 500, &mut errs);
     let after = super::id_cursor(&q.cursor, 0, &mut errs);
     super::done(errs)?;
-    let rows = sqlx::query(
+    let rows = Q::new(
         "SELECT audit_id, at, actor, role, token_id, action, supervisee_id, alert_id, reason, \
            detail FROM audit_log \
          WHERE audit_id > $1 AND ($2::text IS NULL OR actor = $2) \
@@ -213,7 +238,7 @@ pub async fn query_audit(
     .bind(q.from)
     .bind(q.to)
     .bind(limit + 1)
-    .fetch_all(&st.pool)
+    .fetch_all(&st.db)
     .await?;
     let mut items: Vec<AuditRecord> = rows
         .iter()
@@ -227,7 +252,7 @@ pub async fn query_audit(
             supervisee_id: r.get("supervisee_id"),
             alert_id: r.get("alert_id"),
             reason: r.get("reason"),
-            detail: r.get("detail"),
+            detail: r.json("detail"),
         })
         .collect();
     let next_cursor = super::paginate(&mut items, limit, |r| r.audit_id);
@@ -240,9 +265,9 @@ pub fn routes() -> utoipa_axum::router::OpenApiRouter<ApiState> {
 }
 
 /// Used by tests and tools: how many records name this action.
-pub async fn count(pool: &PgPool, action: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = $1")
+pub async fn count(db: &Db, action: &str) -> Result<i64, sqlx::Error> {
+    Q::new("SELECT count(*) FROM audit_log WHERE action = $1")
         .bind(action)
-        .fetch_one(pool)
+        .scalar(db)
         .await
 }

@@ -18,11 +18,11 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::{PgPool, Row};
 use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::ApiState;
+use crate::store::sql::{Db, DbRow, Q};
 
 /// Prefix of every token, so a leaked one is recognisable (secret scanners).
 pub const TOKEN_PREFIX: &str = "wpt_";
@@ -129,21 +129,21 @@ impl Principal {
 
     /// Whether this caller may see `supervisee_id` (one indexed lookup).
     /// Callers answer 404 when not, exactly as for a missing supervisee.
-    pub async fn sees(&self, pool: &PgPool, supervisee_id: i64) -> Result<bool, ApiError> {
+    pub async fn sees(&self, db: &Db, supervisee_id: i64) -> Result<bool, ApiError> {
         let sql = format!(
             "SELECT EXISTS (SELECT 1 FROM supervisees s WHERE s.supervisee_id = $2 AND {})",
             self.scope_sql()
         );
-        Ok(sqlx::query_scalar(&sql)
+        Ok(Q::new(sql)
             .bind(self.scope_param())
             .bind(supervisee_id)
-            .fetch_one(pool)
+            .scalar(db)
             .await?)
     }
 
     /// [`Self::sees`], as a 404.
-    pub async fn must_see(&self, pool: &PgPool, supervisee_id: i64) -> Result<(), ApiError> {
-        if self.sees(pool, supervisee_id).await? {
+    pub async fn must_see(&self, db: &Db, supervisee_id: i64) -> Result<(), ApiError> {
+        if self.sees(db, supervisee_id).await? {
             Ok(())
         } else {
             Err(ApiError::NotFound)
@@ -202,7 +202,7 @@ pub enum TokenError {
 
 /// Creates a token (the CLI's `waypoint tokens create`).
 pub async fn create_token(
-    pool: &PgPool,
+    db: &Db,
     role: Role,
     officer_ref: Option<&str>,
     label: Option<&str>,
@@ -214,24 +214,24 @@ pub async fn create_token(
     let officer_id: Option<i64> = match officer_ref {
         None => None,
         Some(r) => Some(
-            sqlx::query_scalar("SELECT officer_id FROM officers WHERE officer_ref = $1 AND active")
+            Q::new("SELECT officer_id FROM officers WHERE officer_ref = $1 AND active")
                 .bind(r)
-                .fetch_optional(pool)
+                .scalar_opt(db)
                 .await?
                 .ok_or_else(|| TokenError::UnknownOfficer(r.to_owned()))?,
         ),
     };
     let (token, hash) = new_secret(TOKEN_PREFIX).map_err(|e| TokenError::Random(e.to_string()))?;
-    let token_id: i64 = sqlx::query_scalar(
+    let token_id: i64 = Q::new(
         "INSERT INTO api_tokens (secret_hash, role, officer_id, label, expires_at) \
          VALUES ($1, $2, $3, $4, $5) RETURNING token_id",
     )
-    .bind(&hash)
+    .bind(hash)
     .bind(role.as_str())
     .bind(officer_id)
     .bind(label)
     .bind(expires_at)
-    .fetch_one(pool)
+    .scalar(db)
     .await?;
     Ok(IssuedToken {
         token_id,
@@ -243,14 +243,13 @@ pub async fn create_token(
 }
 
 /// Revokes a token; false if there was no such live token.
-pub async fn revoke_token(pool: &PgPool, token_id: i64) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query(
+pub async fn revoke_token(db: &Db, token_id: i64) -> Result<bool, sqlx::Error> {
+    let n = Q::new(
         "UPDATE api_tokens SET revoked_at = now() WHERE token_id = $1 AND revoked_at IS NULL",
     )
     .bind(token_id)
-    .execute(pool)
-    .await?
-    .rows_affected();
+    .execute(db)
+    .await?;
     Ok(n == 1)
 }
 
@@ -260,38 +259,38 @@ const PRINCIPAL_SQL: &str = "SELECT t.token_id, t.role, o.officer_ref, o.officer
 
 /// Looks a presented secret up: live token, active officer (if any).
 pub async fn principal_for(
-    pool: &PgPool,
+    db: &Db,
     secret: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<Principal>, ApiError> {
-    let row = sqlx::query(&format!("{PRINCIPAL_SQL} t.secret_hash = $1"))
+    let row = Q::new(format!("{PRINCIPAL_SQL} t.secret_hash = $1"))
         .bind(hash_secret(secret))
         .bind(now)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await?;
     principal_from(row)
 }
 
 /// The principal of a live token by id (a stream ticket names its token).
 pub async fn principal_by_id(
-    pool: &PgPool,
+    db: &Db,
     token_id: i64,
     now: DateTime<Utc>,
 ) -> Result<Option<Principal>, ApiError> {
-    let row = sqlx::query(&format!("{PRINCIPAL_SQL} t.token_id = $1"))
+    let row = Q::new(format!("{PRINCIPAL_SQL} t.token_id = $1"))
         .bind(token_id)
         .bind(now)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await?;
     principal_from(row)
 }
 
-fn principal_from(row: Option<sqlx::postgres::PgRow>) -> Result<Option<Principal>, ApiError> {
+fn principal_from(row: Option<DbRow>) -> Result<Option<Principal>, ApiError> {
     let Some(r) = row else { return Ok(None) };
-    let role = Role::parse(r.get::<&str, _>("role"))
+    let role = Role::parse(&r.get::<String>("role"))
         .ok_or_else(|| ApiError::Internal("unknown role in api_tokens".into()))?;
     // A deactivated officer's tokens stop working at once.
-    if r.get::<Option<bool>, _>("active") == Some(false) {
+    if r.get::<Option<bool>>("active") == Some(false) {
         return Ok(None);
     }
     Ok(Some(Principal {
@@ -333,7 +332,7 @@ pub async fn authenticate(
 ) -> Result<Principal, ApiError> {
     let now = state.clock.now();
     if let Some(secret) = bearer(headers)? {
-        return principal_for(&state.pool, secret, now)
+        return principal_for(&state.db, secret, now)
             .await?
             .ok_or(ApiError::Unauthorized);
     }
@@ -347,7 +346,7 @@ pub async fn authenticate(
             "a change made with a session cookie needs the X-Requested-With header",
         ));
     }
-    super::session::principal(&state.pool, secret, now)
+    super::session::principal(&state.db, secret, now)
         .await?
         .ok_or(ApiError::Unauthorized)
 }

@@ -449,7 +449,7 @@ pub async fn compliance(
     }
     summary.push('.');
 
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,

@@ -300,7 +300,7 @@ pub async fn export(
     // No audit record, no data: the record (with the digest) is written,
     // in a statement of its own, before the body is returned; if it fails,
     // the export fails.
-    audit::record(
+    audit::record_pg(
         &st.pool,
         &who,
         &reason,

@@ -49,6 +49,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::alerts::outbox::Outbox;
 use crate::alerts::Severity;
 use crate::clock::SharedClock;
+use crate::store::sql::Db;
 use error::{ApiError, FieldError};
 
 /// Largest request body accepted (zones with detailed outlines fit easily).
@@ -106,7 +107,10 @@ impl ApiConfig {
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct ApiState {
-    /// The database (the API reads and writes PostgreSQL directly).
+    /// The database, PostgreSQL or SQLite ([`crate::store::sql`]).
+    pub db: Db,
+    /// PostgreSQL pool of the modules not yet moved to [`Db`]; on SQLite
+    /// a pool that fails to connect.
     pub pool: PgPool,
     /// Alert-log live feed (SSE) and wake-ups after officer actions.
     pub outbox: Arc<Outbox>,
@@ -123,8 +127,15 @@ pub const CONCURRENT_EXPORTS: usize = 2;
 
 impl ApiState {
     /// State for the handlers.
-    pub fn new(pool: PgPool, outbox: Arc<Outbox>, clock: SharedClock, cfg: ApiConfig) -> Self {
+    pub fn new(db: Db, outbox: Arc<Outbox>, clock: SharedClock, cfg: ApiConfig) -> Self {
+        let pool = match &db {
+            Db::Pg(p) => p.clone(),
+            Db::Lite(_) => {
+                PgPool::connect_lazy("postgres://not-used.invalid/").expect("a constant URL parses")
+            }
+        };
         Self {
+            db,
             pool,
             outbox,
             clock,
@@ -137,14 +148,16 @@ impl ApiState {
 /// The API's own connection pool, apart from ingest's so that heavy reads
 /// (tracks, exports) can never starve the ingest shards; each statement
 /// is cut off after 30 s.
-pub fn pool_for_api(ingest: &PgPool) -> PgPool {
+pub fn pool_for_api(ingest: &PgPool) -> Db {
     let opts = (*ingest.connect_options())
         .clone()
         .options([("statement_timeout", "30s")]);
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(opts)
+    Db::Pg(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(opts),
+    )
 }
 
 /// A page of a cursor-paginated list.

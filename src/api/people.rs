@@ -353,7 +353,7 @@ pub async fn create_supervisee(
     .fetch_one(&mut *tx)
     .await
     .map_err(unique_as("a supervisee with this case_ref"))?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -452,7 +452,7 @@ pub async fn patch_supervisee(
     if b.officer_ref.is_some() {
         changed.push("officer_ref");
     }
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -651,7 +651,7 @@ pub async fn create_officer(
     .fetch_one(&mut *tx)
     .await
     .map_err(unique_as("an officer with this officer_ref"))?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -744,7 +744,7 @@ pub async fn patch_officer(
     if n == 0 {
         return Err(ApiError::NotFound);
     }
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -920,7 +920,7 @@ pub async fn create_team(
     .fetch_one(&mut *tx)
     .await
     .map_err(unique_as("a team with this team_ref"))?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -1004,7 +1004,7 @@ pub async fn patch_team(
     if n == 0 {
         return Err(ApiError::NotFound);
     }
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -1328,7 +1328,7 @@ pub async fn create_device(
     .execute(&mut *tx)
     .await
     .map_err(unique_as("a device with this device_id"))?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -1388,7 +1388,7 @@ pub async fn patch_device(
     if n == 0 {
         return Err(ApiError::NotFound);
     }
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -1436,7 +1436,7 @@ pub async fn revoke_device(
         .bind(now)
         .execute(&mut *tx)
         .await?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -1573,7 +1573,7 @@ pub async fn assign_device(
             e.into()
         }
     })?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -1658,7 +1658,7 @@ pub async fn end_assignment(
         .bind(b.at)
         .execute(&mut *tx)
         .await?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -1764,7 +1764,7 @@ pub async fn pair_device(
     .bind(b.exit_m as f32)
     .fetch_one(&mut *tx)
     .await?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -1822,7 +1822,7 @@ pub async fn end_pairing(
         .bind(now)
         .execute(&mut *tx)
         .await?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,

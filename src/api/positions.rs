@@ -152,7 +152,7 @@ pub async fn list_positions(
         None,
         json!({ "count": seen.len(), "supervisee_ids": seen }),
     );
-    audit::record(&mut *tx, &who, &reason, now, entry).await?;
+    audit::record_pg(&mut *tx, &who, &reason, now, entry).await?;
     tx.commit().await?;
     Ok(Json(Page { items, next_cursor }))
 }
@@ -188,7 +188,7 @@ pub async fn supervisee_position(
         .await?
         .ok_or(ApiError::NotFound)?;
     let p = latest(&row, now);
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -596,7 +596,7 @@ pub async fn track(
         fixes.sort_by_key(|f| f.t);
     }
     let zones = zones_in_force(&mut tx, id, from, to).await?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,

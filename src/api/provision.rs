@@ -73,7 +73,7 @@ pub async fn load_scenario(
     let report = PgStore::from_pool(st.pool.clone())
         .apply_scenario(&scenario, &who.actor())
         .await?;
-    audit::record(
+    audit::record_pg(
         &st.pool,
         &who,
         &reason,

@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -20,6 +19,7 @@ use super::audit::{self, AuditReason, Entry};
 use super::auth::{self, Principal, Role};
 use super::error::{ApiError, ApiJson, StdErrors};
 use super::ApiState;
+use crate::store::sql::{Db, Q};
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "wp_session";
@@ -44,21 +44,21 @@ pub fn cookie(headers: &HeaderMap) -> Option<&str> {
 
 /// The principal of a live session (its token live too).
 pub async fn principal(
-    pool: &PgPool,
+    db: &Db,
     secret: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<Principal>, ApiError> {
-    let token_id: Option<i64> = sqlx::query_scalar(
+    let token_id: Option<i64> = Q::new(
         "SELECT token_id FROM api_sessions \
          WHERE session_hash = $1 AND ended_at IS NULL AND expires_at > $2",
     )
     .bind(auth::hash_secret(secret))
     .bind(now)
-    .fetch_optional(pool)
+    .scalar_opt(db)
     .await?;
     match token_id {
         None => Ok(None),
-        Some(id) => auth::principal_by_id(pool, id, now).await,
+        Some(id) => auth::principal_by_id(db, id, now).await,
     }
 }
 
@@ -109,31 +109,31 @@ pub async fn create_session(
     if secret.is_empty() || secret.len() > 256 {
         return Err(ApiError::Unauthorized);
     }
-    let who = auth::principal_for(&st.pool, secret, now)
+    let who = auth::principal_for(&st.db, secret, now)
         .await?
         .ok_or(ApiError::Unauthorized)?;
     let expires_at = now
         + chrono::TimeDelta::from_std(st.cfg.session_ttl)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
     let (session, hash) = auth::new_secret(SESSION_PREFIX)?;
-    let mut tx = st.pool.begin().await?;
-    sqlx::query(
+    let mut tx = st.db.begin().await?;
+    Q::new(
         "INSERT INTO api_sessions (session_hash, token_id, created_at, expires_at) \
          VALUES ($1, $2, $3, $4)",
     )
-    .bind(&hash)
+    .bind(hash)
     .bind(who.token_id)
     .bind(now)
     .bind(expires_at)
-    .execute(&mut *tx)
+    .execute(&mut tx)
     .await?;
     // Ended and expired sessions are cleared here rather than by a job.
-    sqlx::query("DELETE FROM api_sessions WHERE expires_at < $1")
+    Q::new("DELETE FROM api_sessions WHERE expires_at < $1")
         .bind(now - chrono::TimeDelta::days(1))
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
     audit::record(
-        &mut *tx,
+        &mut tx,
         &who,
         &reason,
         now,
@@ -173,18 +173,16 @@ pub async fn get_session(
 ) -> Result<Json<SessionInfo>, ApiError> {
     let expires_at = match cookie(&headers) {
         Some(secret) if auth::bearer(&headers)?.is_none() => {
-            sqlx::query_scalar("SELECT expires_at FROM api_sessions WHERE session_hash = $1")
+            Q::new("SELECT expires_at FROM api_sessions WHERE session_hash = $1")
                 .bind(auth::hash_secret(secret))
-                .fetch_one(&st.pool)
+                .scalar(&st.db)
                 .await?
         }
-        _ => sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
-            "SELECT expires_at FROM api_tokens WHERE token_id = $1",
-        )
-        .bind(who.token_id)
-        .fetch_one(&st.pool)
-        .await?
-        .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        _ => Q::new("SELECT expires_at FROM api_tokens WHERE token_id = $1")
+            .bind(who.token_id)
+            .scalar::<Option<DateTime<Utc>>>(&st.db)
+            .await?
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
     };
     Ok(Json(SessionInfo {
         role: who.role,
@@ -207,12 +205,12 @@ pub async fn delete_session(
     _who: Principal,
 ) -> Result<Response, ApiError> {
     if let Some(secret) = cookie(&headers) {
-        sqlx::query(
+        Q::new(
             "UPDATE api_sessions SET ended_at = $2 WHERE session_hash = $1 AND ended_at IS NULL",
         )
         .bind(auth::hash_secret(secret))
         .bind(st.clock.now())
-        .execute(&st.pool)
+        .execute(&st.db)
         .await?;
     }
     let mut r = StatusCode::NO_CONTENT.into_response();

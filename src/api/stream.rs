@@ -121,7 +121,7 @@ async fn authenticate(
     .fetch_optional(&st.pool)
     .await?;
     let token_id = token_id.ok_or(ApiError::Unauthorized)?;
-    auth::principal_by_id(&st.pool, token_id, now)
+    auth::principal_by_id(&st.db, token_id, now)
         .await?
         .ok_or(ApiError::Unauthorized)
 }
@@ -165,7 +165,7 @@ impl Viewer {
     }
 
     async fn reload(&self, st: &ApiState) -> Result<Option<Self>, ApiError> {
-        match auth::principal_by_id(&st.pool, self.token_id, st.clock.now()).await? {
+        match auth::principal_by_id(&st.db, self.token_id, st.clock.now()).await? {
             Some(who) if CASEWORK.contains(&who.role) => Ok(Some(Self::load(st, &who).await?)),
             _ => Ok(None),
         }
@@ -311,7 +311,7 @@ pub async fn alert_stream(
     // restored from backup) would wait forever: it starts at the head.
     let cursor = resume.map_or(head, |id| id.clamp(0, head));
     let viewer = Viewer::load(&st, &who).await?;
-    audit::record(
+    audit::record_pg(
         &st.pool,
         &who,
         &reason,

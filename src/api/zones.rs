@@ -290,7 +290,7 @@ async fn audited_feature(
 ) -> Result<ZoneFeature, ApiError> {
     let mut tx = st.pool.begin().await?;
     let f = read_feature(&mut tx, who, zone_id, version).await?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         who,
         reason,
@@ -485,7 +485,7 @@ pub async fn create_zone(
     .bind(who.actor())
     .execute(&mut *tx)
     .await?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -579,7 +579,7 @@ pub async fn put_geometry(
             .bind(version)
             .execute(&mut *tx)
             .await?;
-        audit::record(
+        audit::record_pg(
             &mut *tx,
             &who,
             &reason,
@@ -646,7 +646,7 @@ pub async fn retire_zone(
         .bind(now)
         .execute(&mut *tx)
         .await?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -759,7 +759,7 @@ pub async fn list_rules(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Vec<RuleOut>>, ApiError> {
     who.require(READERS)?;
-    who.must_see(&st.pool, id).await?;
+    who.must_see(&st.db, id).await?;
     let items = sqlx::query(&format!(
         "{RULE_SQL} WHERE r.supervisee_id = $1 \
          ORDER BY r.retired_at IS NOT NULL, r.rule_id LIMIT 1000"
@@ -952,7 +952,7 @@ pub async fn create_rule(
             (rid, false)
         }
     };
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -1009,7 +1009,7 @@ pub async fn retire_rule(
         .bind(now)
         .execute(&mut *tx)
         .await?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -1129,7 +1129,7 @@ pub async fn list_exceptions(
     let before = id_cursor(&q.cursor, i64::MAX, &mut errs);
     let limit = limit_of(q.limit, 100, 500, &mut errs);
     done(errs)?;
-    who.must_see(&st.pool, id).await?;
+    who.must_see(&st.db, id).await?;
     let now = st.clock.now();
     let mut items: Vec<ExceptionOut> = sqlx::query(&format!(
         "{EXCEPTION_SQL} WHERE e.supervisee_id = $1 AND e.exception_id < $2 \
@@ -1206,7 +1206,7 @@ pub async fn create_exception(
     }
     check_text("reason", &b.reason, 500, &mut errs);
     // Out of scope answers 404 before anything about the person's rules.
-    who.must_see(&st.pool, id).await?;
+    who.must_see(&st.db, id).await?;
     let mut tx = st.pool.begin().await?;
     if let Some(rid) = b.rule_id {
         let retired: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
@@ -1240,7 +1240,7 @@ pub async fn create_exception(
     .fetch_one(&mut *tx)
     .await
     .map_err(unique_as("an identical exception"))?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,
@@ -1277,7 +1277,7 @@ pub async fn cancel_exception(
     ApiPath((id, exception_id)): ApiPath<(i64, i64)>,
 ) -> Result<Json<ExceptionOut>, ApiError> {
     who.require(READERS)?;
-    who.must_see(&st.pool, id).await?;
+    who.must_see(&st.db, id).await?;
     let now = st.clock.now();
     let mut tx = st.pool.begin().await?;
     let r = sqlx::query(
@@ -1308,7 +1308,7 @@ pub async fn cancel_exception(
     .execute(&mut *tx)
     .await
     .map_err(unique_as("an identical exception"))?;
-    audit::record(
+    audit::record_pg(
         &mut *tx,
         &who,
         &reason,

@@ -9,6 +9,7 @@
 //! once everything it caused is durable.
 
 pub mod postgres;
+pub mod sql;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -15,6 +15,7 @@ use waypoint::alerts::outbox::{self, Outbox};
 use waypoint::api::auth::{create_token, Role};
 use waypoint::api::{ApiConfig, ApiState};
 use waypoint::clock::{ManualClock, SharedClock};
+use waypoint::store::sql::Db;
 
 use super::TestDb;
 
@@ -60,7 +61,7 @@ impl ApiServer {
             ob.clone(),
             cancel.clone(),
         ));
-        let state = ApiState::new(db.pool.clone(), ob, shared, cfg);
+        let state = ApiState::new(Db::Pg(db.pool.clone()), ob, shared, cfg);
         let app = waypoint::api::router(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -204,7 +205,7 @@ pub async fn supervisee(pool: &PgPool, case_ref: &str, officer_ref: &str) -> i64
 
 /// A token for `role` acting as `officer`.
 pub async fn token(pool: &PgPool, role: Role, officer: Option<&str>) -> String {
-    create_token(pool, role, officer, Some("test"), None)
+    create_token(&Db::Pg(pool.clone()), role, officer, Some("test"), None)
         .await
         .expect("token")
         .token
