@@ -27,6 +27,7 @@
 //! - [`rules`]: configuration snapshot, per-device evaluation, schedules,
 //!   the no_signal watchdog.
 //! - [`alerts`]: alert kinds and lifecycle; the alert-log outbox.
+//! - [`broker`]: the embedded MQTT broker (rumqttd) for `--embedded` and the demo.
 //! - [`scenario`]: the provisioning file (`waypoint scenario load`).
 //! - [`store`]: the storage interface and its PostgreSQL implementation.
 //! - [`directory`]: in-memory device enrollment, kept fresh by notifications.
@@ -41,6 +42,7 @@
 pub mod alerts;
 pub mod api;
 pub mod app;
+pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod decode;
