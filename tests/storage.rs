@@ -996,3 +996,46 @@ async fn watchers_fire_at_start_and_after_a_change<B: Backend>(b: &B) {
     .await
     .expect("watchers stop when cancelled");
 }
+
+/// Commit latency of 1,000-fix batches (100 messages of 10 fixes, one
+/// status each) on both backends. A measurement, not a check: run with
+/// `cargo test --release --test storage -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run explicitly"]
+async fn commit_latency_of_1k_fix_batches() {
+    async fn measure<B: Backend>(name: &str, b: &B) {
+        let s = b.store();
+        let mut keys = Vec::new();
+        for i in 0..100 {
+            keys.push(enroll(b, &format!("tag-{i}")).await);
+        }
+        let mut times = Vec::new();
+        for round in 0..30i64 {
+            let batch: Vec<Prepared> = keys
+                .iter()
+                .map(|&k| {
+                    let mut m = msg(k, round + 1, 10, 1);
+                    m.telemetry.status = Some(Status {
+                        battery_pct: Some(70),
+                        ..Default::default()
+                    });
+                    accepted(m)
+                })
+                .collect();
+            let started = std::time::Instant::now();
+            let r = s.commit(&batch, &Hook::default()).await.unwrap();
+            times.push(started.elapsed());
+            assert_eq!(r.fixes_stored, 1000);
+        }
+        times.sort();
+        let total: Duration = times.iter().sum();
+        println!(
+            "{name}: commit p50 {:?}, p90 {:?}, {:.0} fixes/s",
+            times[times.len() / 2],
+            times[times.len() * 9 / 10],
+            30_000.0 / total.as_secs_f64()
+        );
+    }
+    measure("postgres", &pg().await).await;
+    measure("sqlite", &lite().await).await;
+}

@@ -922,6 +922,7 @@ fn clean_text(s: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::Connection;
 
     #[test]
     fn chunk_sizes_cover_every_row_with_few_distinct_statements() {
@@ -933,12 +934,102 @@ mod tests {
         assert_eq!(chunk_sizes(100), vec![64, 32, 4]);
     }
 
-    #[test]
-    fn busy_is_contention_and_constraint_is_refusal() {
-        // Exercised against a real file in tests/storage.rs; here only the
-        // non-database variants.
+    async fn migrated() -> (tempfile::TempDir, SqliteStore) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(tmp.path()).await.unwrap();
+        store.migrate().await.unwrap();
+        (tmp, store)
+    }
+
+    #[tokio::test]
+    async fn a_lock_held_elsewhere_is_contention_and_bad_data_is_refused() {
+        let (_tmp, store) = migrated().await;
+        // Another process (the CLI) writing the same file: it finds the lock
+        // taken and, with no patience, fails at once.
+        let mut other = sqlx::SqliteConnection::connect_with(
+            &SqliteConnectOptions::new()
+                .filename(store.path())
+                .busy_timeout(Duration::ZERO),
+        )
+        .await
+        .unwrap();
+        let held = store.begin_write().await.unwrap();
+        let busy = sqlx::query("INSERT INTO outbox_cursors VALUES ('cli', 1)")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        let busy = classify(busy);
+        assert!(matches!(busy, StoreError::Contended(_)), "{busy:?}");
+        assert!(busy.is_transient());
+        drop(held);
+
+        let refused = |e: sqlx::Error| {
+            let kind = e.as_database_error().map(|d| d.kind());
+            match classify(e) {
+                StoreError::Refused(e) => (kind, e.to_string()),
+                other => panic!("not refused: {other:?}"),
+            }
+        };
+        let bad_id = sqlx::query("INSERT INTO devices (device_id) VALUES ('-x')")
+            .execute(store.write_pool())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused(bad_id).0,
+            Some(sqlx::error::ErrorKind::CheckViolation)
+        );
+        let twice = "INSERT INTO devices (device_id) VALUES ('tag-1')";
+        sqlx::query(twice)
+            .execute(store.write_pool())
+            .await
+            .unwrap();
+        let dup = sqlx::query(twice)
+            .execute(store.write_pool())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused(dup).0,
+            Some(sqlx::error::ErrorKind::UniqueViolation)
+        );
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, role, action) \
+             VALUES ('2026-01-01T00:00:00+00:00', 'a', 'admin', 'x')",
+        )
+        .execute(store.write_pool())
+        .await
+        .unwrap();
+        let erase = sqlx::query("DELETE FROM audit_log")
+            .execute(store.write_pool())
+            .await
+            .unwrap_err();
+        assert!(refused(erase).1.contains("append-only"));
+        // Read-only connections refuse writes; that is a misuse of the pool,
+        // not a property of the data, so nothing gets isolated for it.
+        let ro = sqlx::query("DELETE FROM outbox_cursors")
+            .execute(store.read_pool())
+            .await
+            .unwrap_err();
+        assert!(matches!(classify(ro), StoreError::Unavailable(_)));
         assert!(classify(sqlx::Error::PoolTimedOut).is_transient());
-        assert!(!classify(sqlx::Error::RowNotFound).is_transient());
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_the_data_and_the_migrations() {
+        let (tmp, store) = migrated().await;
+        store
+            .add_device(&DeviceId::parse("tag-1").unwrap(), None, Utc::now())
+            .await
+            .unwrap();
+        store.write_pool().close().await;
+        store.read_pool().close().await;
+        let again = SqliteStore::open(tmp.path()).await.unwrap();
+        again.migrate().await.unwrap();
+        assert_eq!(again.devices().await.unwrap().len(), 1);
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(again.read_pool())
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
     }
 
     #[tokio::test]
@@ -949,5 +1040,14 @@ mod tests {
         let err = SqliteStore::open(&file).await.unwrap_err().to_string();
         assert!(err.contains("not-a-dir"), "{err}");
         assert!(err.contains("not a directory"), "{err}");
+
+        let dir = tmp.path().join("data");
+        std::fs::create_dir_all(dir.join(DB_FILE)).unwrap();
+        let err = SqliteStore::open(&dir).await.unwrap_err().to_string();
+        assert!(
+            err.contains("waypoint.db exists and is not a file"),
+            "{err}"
+        );
+        assert!(!StoreError::Invalid(err).is_transient());
     }
 }
