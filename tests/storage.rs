@@ -121,6 +121,7 @@ on_both!(
     a_scenario_loads_idempotently_and_feeds_the_rules_snapshot,
     alert_writes_the_log_and_officer_decisions,
     watchers_fire_at_start_and_after_a_change,
+    racing_writers_raise_one_alert_and_lose_no_message,
 );
 
 /// Whole seconds after a fixed instant: both backends store them exactly
@@ -944,6 +945,50 @@ fn by_rank(
         e.alert["alert_id"] = json!(e.alert_id);
     }
     (log, list)
+}
+
+async fn racing_writers_raise_one_alert_and_lose_no_message<B: Backend>(b: &B) {
+    let s = b.store();
+    let key = enroll(b, "tag-1").await;
+    // Two writers (two shards, or two instances) on the same condition.
+    let (w1, w2) = (
+        writes(10, vec![raise(key, 10, None)]),
+        writes(10, vec![raise(key, 11, None)]),
+    );
+    let (r1, r2) = tokio::join!(s.commit_alerts(&w1), s.commit_alerts(&w2));
+    let raised = r1.unwrap().alerts_raised.len() + r2.unwrap().alerts_raised.len();
+    assert_eq!(raised, 1);
+    assert_eq!(b.scalar("SELECT count(*) FROM alerts").await, 1);
+    // Eight batches at once, each with its own messages and one copy of a
+    // shared one: every message is stored once, the shared one once.
+    let commits = (0..8i64).map(|w| {
+        let s = s.clone();
+        async move {
+            let batch: Vec<Prepared> = (0..20)
+                .map(|i| accepted(msg(key, 100 + w * 20 + i, 2, 1)))
+                .chain([accepted(msg(key, 1, 1, 1))])
+                .collect();
+            // What the batcher does: a transient error (PostgreSQL reports
+            // a key claimed by a concurrent transaction as Contended) is
+            // retried with the same batch.
+            loop {
+                match s.commit(&batch, &Hook::default()).await {
+                    Err(e) if e.is_transient() => continue,
+                    r => break r,
+                }
+            }
+        }
+    });
+    let reports = futures_util::future::join_all(commits).await;
+    let mut shared_stored = 0;
+    for r in reports {
+        let r = r.unwrap();
+        assert!(r.outcomes[..20].iter().all(|o| *o == Outcome::Stored));
+        shared_stored += usize::from(r.outcomes[20] == Outcome::Stored);
+    }
+    assert_eq!(shared_stored, 1);
+    assert_eq!(b.scalar("SELECT count(*) FROM messages").await, 161);
+    assert_eq!(b.scalar("SELECT count(*) FROM fixes").await, 321);
 }
 
 /// Waits for the next event, or fails after `limit`.
