@@ -8,7 +8,7 @@
 //! with a few read-only connections, which WAL lets run beside the writer.
 //! Statements are in-process calls, not round trips, so where PostgreSQL
 //! sends column arrays through UNNEST, this backend runs multi-row VALUES
-//! statements ([`insert_rows`]) or a prepared statement per row.
+//! statements (`insert_rows`) or a prepared statement per row.
 //!
 //! Schema: `migrations/sqlite/` (its header lists what differs from
 //! PostgreSQL and why).
