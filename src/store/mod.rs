@@ -1,8 +1,8 @@
 //! Durable storage behind one interface.
 //!
 //! The pipeline only sees [`Store`]; PostgreSQL ([`postgres::PgStore`]) is the
-//! production implementation and the embedded default will add SQLite behind
-//! the same trait. Everything one batch produces is committed in one
+//! production implementation and SQLite ([`sqlite::SqliteStore`]) the
+//! embedded one, behind the same trait. Everything one batch produces is committed in one
 //! transaction, so an ack after [`Store::commit`] returns covers all of it;
 //! the rules engine's alert changes and per-device state are written in the
 //! same transaction (through a [`CommitHook`]), so a message is acked only
@@ -10,6 +10,7 @@
 
 pub mod postgres;
 pub mod sql;
+pub mod sqlite;
 
 use std::collections::BTreeMap;
 use std::future::Future;
