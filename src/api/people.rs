@@ -17,8 +17,6 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
-use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Row};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -29,6 +27,7 @@ use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, FieldError, StdErrors};
 use super::{done, id_cursor, limit_of, paginate, ApiState, Page};
 use crate::domain::DeviceId;
 use crate::rules::schedule::parse_tz;
+use crate::store::sql::{self, Db, DbRow, On, Tx, Violation, Q};
 
 // ---------------------------------------------------------------------------
 // Helpers shared with `zones`.
@@ -55,16 +54,11 @@ pub(super) fn check_text(field: &str, v: &str, max: usize, errs: &mut Vec<FieldE
     }
 }
 
-/// Whether `e` is a database error with SQLSTATE `code`.
-pub(super) fn is_db_code(e: &sqlx::Error, code: &str) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(code))
-}
-
 /// Maps a unique violation to a 409 that says what clashed; other errors as
 /// usual.
 pub(super) fn unique_as(what: &str) -> impl FnOnce(sqlx::Error) -> ApiError + '_ {
     move |e| {
-        if is_db_code(&e, "23505") {
+        if sql::violation(&e) == Some(Violation::Unique) {
             ApiError::Conflict(format!("{what} already exists"))
         } else {
             e.into()
@@ -81,27 +75,33 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// `on` once more, for the next statement: the read helpers below run on
+/// the pool (plain GETs) or inside the transaction that just wrote (so the
+/// answer shows the change, and SQLite's single writer is not asked for a
+/// second connection).
+fn again<'a>(on: &'a mut On<'_>) -> On<'a> {
+    match on {
+        On::Db(d) => On::Db(d),
+        On::Tx(t) => On::Tx(t),
+    }
+}
+
 /// `(exists, active)` of an officer reference.
-async fn officer_active(
-    conn: &mut PgConnection,
-    officer_ref: &str,
-) -> Result<Option<bool>, ApiError> {
-    Ok(
-        sqlx::query_scalar("SELECT active FROM officers WHERE officer_ref = $1")
-            .bind(officer_ref)
-            .fetch_optional(conn)
-            .await?,
-    )
+async fn officer_active(tx: &mut Tx, officer_ref: &str) -> Result<Option<bool>, sqlx::Error> {
+    Q::new("SELECT active FROM officers WHERE officer_ref = $1")
+        .bind(officer_ref)
+        .scalar_opt(tx)
+        .await
 }
 
 /// Checks that `officer_ref` names an active officer, as field `field`.
 async fn check_officer(
-    conn: &mut PgConnection,
+    tx: &mut Tx,
     field: &str,
     officer_ref: &str,
     errs: &mut Vec<FieldError>,
 ) -> Result<(), ApiError> {
-    match officer_active(conn, officer_ref).await? {
+    match officer_active(tx, officer_ref).await? {
         Some(true) => {}
         Some(false) => errs.push(FieldError::new(field, "this officer is not active")),
         None => errs.push(FieldError::new(field, "no officer has this reference")),
@@ -132,7 +132,7 @@ pub struct SuperviseeSummary {
 const SUP_COLS: &str =
     "s.supervisee_id, s.case_ref, s.display_name, s.time_zone, s.officer_ref, s.created_at";
 
-fn sup_summary(r: &PgRow) -> SuperviseeSummary {
+fn sup_summary(r: &DbRow) -> SuperviseeSummary {
     SuperviseeSummary {
         supervisee_id: r.get("supervisee_id"),
         case_ref: r.get("case_ref"),
@@ -170,23 +170,26 @@ pub struct SuperviseeDetail {
     pub victim_pairings: i64,
 }
 
+/// The supervisee with their devices, as `who` may see them (not found
+/// outside their scope).
 async fn read_supervisee(
-    conn: &mut PgConnection,
+    on: impl Into<On<'_>>,
     who: &Principal,
     id: i64,
     now: DateTime<Utc>,
 ) -> Result<SuperviseeDetail, ApiError> {
+    let mut on = on.into();
     let sql = format!(
         "SELECT {SUP_COLS} FROM supervisees s WHERE s.supervisee_id = $2 AND {}",
         who.scope_sql()
     );
-    let r = sqlx::query(&sql)
+    let r = Q::new(sql)
         .bind(who.scope_param())
         .bind(id)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(again(&mut on))
         .await?
         .ok_or(ApiError::NotFound)?;
-    let devices = sqlx::query(
+    let devices = Q::new(
         "SELECT a.assignment_id, d.device_id, a.valid_from, a.valid_to \
          FROM device_assignments a JOIN devices d ON d.device_key = a.device_key \
          WHERE a.supervisee_id = $1 AND (a.valid_to IS NULL OR a.valid_to > $2) \
@@ -194,7 +197,7 @@ async fn read_supervisee(
     )
     .bind(id)
     .bind(now)
-    .fetch_all(&mut *conn)
+    .fetch_all(again(&mut on))
     .await?
     .iter()
     .map(|r| WornDevice {
@@ -204,11 +207,11 @@ async fn read_supervisee(
         valid_to: r.get("valid_to"),
     })
     .collect();
-    let victim_pairings: i64 = sqlx::query_scalar(
+    let victim_pairings: i64 = Q::new(
         "SELECT count(*) FROM victim_pairings WHERE supervisee_id = $1 AND ended_at IS NULL",
     )
     .bind(id)
-    .fetch_one(&mut *conn)
+    .scalar(on)
     .await?;
     Ok(SuperviseeDetail {
         supervisee: sup_summary(&r),
@@ -230,6 +233,43 @@ pub struct SuperviseeQuery {
     pub cursor: Option<String>,
     /// Page size 1..=500 (default 100).
     pub limit: Option<i64>,
+}
+
+/// Up to `limit` supervisees in `who`'s scope with ids after `after`,
+/// filtered by `q`.
+async fn supervisee_page(
+    db: &Db,
+    who: &Principal,
+    after: i64,
+    q: &SuperviseeQuery,
+    limit: i64,
+) -> Result<Vec<SuperviseeSummary>, sqlx::Error> {
+    let scope = who.scope_sql();
+    // SQLite has no starts_with; PostgreSQL keeps it.
+    let pg = format!(
+        "SELECT {SUP_COLS} FROM supervisees s WHERE {scope} AND s.supervisee_id > $2 \
+           AND ($3::text IS NULL OR s.officer_ref = $3) \
+           AND ($4::text IS NULL OR starts_with(s.case_ref, $4)) \
+         ORDER BY s.supervisee_id LIMIT $5"
+    );
+    let lite = format!(
+        "SELECT {SUP_COLS} FROM supervisees s WHERE {} AND s.supervisee_id > $2 \
+           AND ($3 IS NULL OR s.officer_ref = $3) \
+           AND ($4 IS NULL OR substr(s.case_ref, 1, length($4)) = $4) \
+         ORDER BY s.supervisee_id LIMIT $5",
+        sql::to_sqlite(scope)
+    );
+    Ok(Q::split(pg, lite)
+        .bind(who.scope_param())
+        .bind(after)
+        .bind(&q.officer_ref)
+        .bind(&q.q)
+        .bind(limit)
+        .fetch_all(db)
+        .await?
+        .iter()
+        .map(sup_summary)
+        .collect())
 }
 
 /// Supervisees the caller may see, by id.
@@ -254,24 +294,7 @@ pub async fn list_supervisees(
         errs.push(FieldError::new("q", "longer than 128 characters"));
     }
     done(errs)?;
-    let sql = format!(
-        "SELECT {SUP_COLS} FROM supervisees s WHERE {} AND s.supervisee_id > $2 \
-           AND ($3::text IS NULL OR s.officer_ref = $3) \
-           AND ($4::text IS NULL OR starts_with(s.case_ref, $4)) \
-         ORDER BY s.supervisee_id LIMIT $5",
-        who.scope_sql()
-    );
-    let mut items: Vec<SuperviseeSummary> = sqlx::query(&sql)
-        .bind(who.scope_param())
-        .bind(after)
-        .bind(&q.officer_ref)
-        .bind(&q.q)
-        .bind(limit + 1)
-        .fetch_all(&st.pool)
-        .await?
-        .iter()
-        .map(sup_summary)
-        .collect();
+    let mut items = supervisee_page(&st.db, &who, after, &q, limit + 1).await?;
     let next_cursor = paginate(&mut items, limit, |s| s.supervisee_id);
     Ok(Json(Page { items, next_cursor }))
 }
@@ -291,9 +314,8 @@ pub async fn get_supervisee(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<SuperviseeDetail>, ApiError> {
     who.require(READERS)?;
-    let mut conn = st.pool.acquire().await?;
     Ok(Json(
-        read_supervisee(&mut conn, &who, id, st.clock.now()).await?,
+        read_supervisee(&st.db, &who, id, st.clock.now()).await?,
     ))
 }
 
@@ -339,22 +361,14 @@ pub async fn create_supervisee(
         errs.push(FieldError::new("time_zone", e.to_string()));
     }
     let now = st.clock.now();
-    let mut tx = st.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     check_officer(&mut tx, "officer_ref", &b.officer_ref, &mut errs).await?;
     done(errs)?;
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO supervisees (case_ref, display_name, time_zone, officer_ref) \
-         VALUES ($1, $2, $3, $4) RETURNING supervisee_id",
-    )
-    .bind(&b.case_ref)
-    .bind(&b.display_name)
-    .bind(&b.time_zone)
-    .bind(&b.officer_ref)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(unique_as("a supervisee with this case_ref"))?;
-    audit::record_pg(
-        &mut *tx,
+    let id = insert_supervisee(&mut tx, &b)
+        .await
+        .map_err(unique_as("a supervisee with this case_ref"))?;
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -417,31 +431,15 @@ pub async fn patch_supervisee(
         }
     }
     let now = st.clock.now();
-    let mut tx = st.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     if let Some(o) = &b.officer_ref {
         check_officer(&mut tx, "officer_ref", o, &mut errs).await?;
     }
     done(errs)?;
-    let before: Option<String> = sqlx::query_scalar(
-        "SELECT officer_ref FROM supervisees WHERE supervisee_id = $1 FOR UPDATE",
-    )
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(ApiError::NotFound)?;
-    sqlx::query(
-        "UPDATE supervisees SET \
-           display_name = CASE WHEN $2 THEN $3 ELSE display_name END, \
-           time_zone = COALESCE($4, time_zone), officer_ref = COALESCE($5, officer_ref) \
-         WHERE supervisee_id = $1",
-    )
-    .bind(id)
-    .bind(b.display_name.is_some())
-    .bind(b.display_name.clone().flatten())
-    .bind(&b.time_zone)
-    .bind(&b.officer_ref)
-    .execute(&mut *tx)
-    .await?;
+    let before = lock_supervisee(&mut tx, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    update_supervisee(&mut tx, id, &b).await?;
     let mut changed = Vec::new();
     if b.display_name.is_some() {
         changed.push("display_name");
@@ -452,8 +450,8 @@ pub async fn patch_supervisee(
     if b.officer_ref.is_some() {
         changed.push("officer_ref");
     }
-    audit::record_pg(
-        &mut *tx,
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -467,6 +465,47 @@ pub async fn patch_supervisee(
     let d = read_supervisee(&mut tx, &who, id, now).await?;
     tx.commit().await?;
     Ok(Json(d))
+}
+
+/// Inserts a supervisee; the new id.
+async fn insert_supervisee(tx: &mut Tx, b: &NewSupervisee) -> Result<i64, sqlx::Error> {
+    Q::new(
+        "INSERT INTO supervisees (case_ref, display_name, time_zone, officer_ref) \
+         VALUES ($1, $2, $3, $4) RETURNING supervisee_id",
+    )
+    .bind(&b.case_ref)
+    .bind(&b.display_name)
+    .bind(&b.time_zone)
+    .bind(&b.officer_ref)
+    .scalar(tx)
+    .await
+}
+
+/// The supervisee's officer, the row locked until the transaction ends;
+/// `None` when there is no such supervisee.
+async fn lock_supervisee(tx: &mut Tx, id: i64) -> Result<Option<Option<String>>, sqlx::Error> {
+    Q::new("SELECT officer_ref FROM supervisees WHERE supervisee_id = $1 FOR UPDATE")
+        .bind(id)
+        .scalar_opt(tx)
+        .await
+}
+
+/// Applies a patch (absent fields kept).
+async fn update_supervisee(tx: &mut Tx, id: i64, b: &SuperviseePatch) -> Result<(), sqlx::Error> {
+    Q::new(
+        "UPDATE supervisees SET \
+           display_name = CASE WHEN $2 THEN $3 ELSE display_name END, \
+           time_zone = COALESCE($4, time_zone), officer_ref = COALESCE($5, officer_ref) \
+         WHERE supervisee_id = $1",
+    )
+    .bind(id)
+    .bind(b.display_name.is_some())
+    .bind(b.display_name.clone().flatten())
+    .bind(&b.time_zone)
+    .bind(&b.officer_ref)
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -496,7 +535,7 @@ const OFFICER_SQL: &str = "SELECT o.officer_id, o.officer_ref, o.display_name, t
      (SELECT count(*) FROM supervisees s WHERE s.officer_ref = o.officer_ref) AS caseload \
      FROM officers o LEFT JOIN teams t ON t.team_id = o.team_id";
 
-fn officer_row(r: &PgRow) -> Officer {
+fn officer_row(r: &DbRow) -> Officer {
     Officer {
         officer_id: r.get("officer_id"),
         officer_ref: r.get("officer_ref"),
@@ -508,10 +547,10 @@ fn officer_row(r: &PgRow) -> Officer {
     }
 }
 
-async fn read_officer(conn: &mut PgConnection, id: i64) -> Result<Officer, ApiError> {
-    let r = sqlx::query(&format!("{OFFICER_SQL} WHERE o.officer_id = $1"))
+async fn read_officer(tx: &mut Tx, id: i64) -> Result<Officer, ApiError> {
+    let r = Q::new(format!("{OFFICER_SQL} WHERE o.officer_id = $1"))
         .bind(id)
-        .fetch_optional(conn)
+        .fetch_optional(tx)
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(officer_row(&r))
@@ -530,6 +569,36 @@ pub struct OfficerQuery {
     pub cursor: Option<String>,
     /// Page size 1..=500 (default 100).
     pub limit: Option<i64>,
+}
+
+/// Up to `limit` officers with ids after `after`, filtered by `q`; with
+/// `supervisor`, only that officer and their team.
+async fn officer_page(
+    db: &Db,
+    after: i64,
+    supervisor: Option<i64>,
+    q: &OfficerQuery,
+    limit: i64,
+) -> Result<Vec<Officer>, sqlx::Error> {
+    let sql = format!(
+        "{OFFICER_SQL} WHERE o.officer_id > $1 \
+           AND ($2::bigint IS NULL OR o.officer_id = $2 OR o.team_id = \
+                (SELECT o3.team_id FROM officers o3 WHERE o3.officer_id = $2)) \
+           AND ($3::text IS NULL OR t.team_ref = $3) \
+           AND ($4::boolean IS NULL OR o.active = $4) \
+         ORDER BY o.officer_id LIMIT $5"
+    );
+    Ok(Q::new(sql)
+        .bind(after)
+        .bind(supervisor)
+        .bind(&q.team_ref)
+        .bind(q.active)
+        .bind(limit)
+        .fetch_all(db)
+        .await?
+        .iter()
+        .map(officer_row)
+        .collect())
 }
 
 /// Officers: all of them for admins; a supervisor's own team (and
@@ -559,25 +628,7 @@ pub async fn list_officers(
             "this token does not act for an officer",
         ))?),
     };
-    let sql = format!(
-        "{OFFICER_SQL} WHERE o.officer_id > $1 \
-           AND ($2::bigint IS NULL OR o.officer_id = $2 OR o.team_id = \
-                (SELECT o3.team_id FROM officers o3 WHERE o3.officer_id = $2)) \
-           AND ($3::text IS NULL OR t.team_ref = $3) \
-           AND ($4::boolean IS NULL OR o.active = $4) \
-         ORDER BY o.officer_id LIMIT $5"
-    );
-    let mut items: Vec<Officer> = sqlx::query(&sql)
-        .bind(after)
-        .bind(supervisor)
-        .bind(&q.team_ref)
-        .bind(q.active)
-        .bind(limit + 1)
-        .fetch_all(&st.pool)
-        .await?
-        .iter()
-        .map(officer_row)
-        .collect();
+    let mut items = officer_page(&st.db, after, supervisor, &q, limit + 1).await?;
     let next_cursor = paginate(&mut items, limit, |o| o.officer_id);
     Ok(Json(Page { items, next_cursor }))
 }
@@ -597,14 +648,14 @@ pub struct NewOfficer {
 }
 
 async fn team_id_of(
-    conn: &mut PgConnection,
+    tx: &mut Tx,
     field: &str,
     team_ref: &str,
     errs: &mut Vec<FieldError>,
 ) -> Result<Option<i64>, ApiError> {
-    let id: Option<i64> = sqlx::query_scalar("SELECT team_id FROM teams WHERE team_ref = $1")
+    let id: Option<i64> = Q::new("SELECT team_id FROM teams WHERE team_ref = $1")
         .bind(team_ref)
-        .fetch_optional(conn)
+        .scalar_opt(tx)
         .await?;
     if id.is_none() {
         errs.push(FieldError::new(field, "no team has this reference"));
@@ -634,25 +685,17 @@ pub async fn create_officer(
     let mut errs = Vec::new();
     check_text("officer_ref", &b.officer_ref, 128, &mut errs);
     check_text("display_name", &b.display_name, 200, &mut errs);
-    let mut tx = st.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let team = match &b.team_ref {
         Some(t) => team_id_of(&mut tx, "team_ref", t, &mut errs).await?,
         None => None,
     };
     done(errs)?;
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO officers (officer_ref, display_name, team_id, active) \
-         VALUES ($1, $2, $3, COALESCE($4, true)) RETURNING officer_id",
-    )
-    .bind(&b.officer_ref)
-    .bind(&b.display_name)
-    .bind(team)
-    .bind(b.active)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(unique_as("an officer with this officer_ref"))?;
-    audit::record_pg(
-        &mut *tx,
+    let id = insert_officer(&mut tx, &b, team)
+        .await
+        .map_err(unique_as("an officer with this officer_ref"))?;
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         st.clock.now(),
@@ -719,33 +762,20 @@ pub async fn patch_officer(
     if let Some(n) = &b.display_name {
         check_text("display_name", n, 200, &mut errs);
     }
-    let mut tx = st.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let team = match &b.team_ref {
         Some(Some(t)) => team_id_of(&mut tx, "team_ref", t, &mut errs).await?,
         _ => None,
     };
     done(errs)?;
-    let n = sqlx::query(
-        "UPDATE officers SET officer_ref = COALESCE($2, officer_ref), \
-           display_name = COALESCE($3, display_name), \
-           team_id = CASE WHEN $4 THEN $5 ELSE team_id END, active = COALESCE($6, active) \
-         WHERE officer_id = $1",
-    )
-    .bind(id)
-    .bind(&b.officer_ref)
-    .bind(&b.display_name)
-    .bind(b.team_ref.is_some())
-    .bind(team)
-    .bind(b.active)
-    .execute(&mut *tx)
-    .await
-    .map_err(unique_as("an officer with this officer_ref"))?
-    .rows_affected();
+    let n = update_officer(&mut tx, id, &b, team)
+        .await
+        .map_err(unique_as("an officer with this officer_ref"))?;
     if n == 0 {
         return Err(ApiError::NotFound);
     }
-    audit::record_pg(
-        &mut *tx,
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         st.clock.now(),
@@ -760,6 +790,48 @@ pub async fn patch_officer(
     let o = read_officer(&mut tx, id).await?;
     tx.commit().await?;
     Ok(Json(o))
+}
+
+/// Inserts an officer in `team`; the new id.
+async fn insert_officer(
+    tx: &mut Tx,
+    b: &NewOfficer,
+    team: Option<i64>,
+) -> Result<i64, sqlx::Error> {
+    Q::new(
+        "INSERT INTO officers (officer_ref, display_name, team_id, active) \
+         VALUES ($1, $2, $3, COALESCE($4, true)) RETURNING officer_id",
+    )
+    .bind(&b.officer_ref)
+    .bind(&b.display_name)
+    .bind(team)
+    .bind(b.active)
+    .scalar(tx)
+    .await
+}
+
+/// Applies a patch (`team`: the id of the patch's new team); rows changed
+/// (0: no such officer).
+async fn update_officer(
+    tx: &mut Tx,
+    id: i64,
+    b: &OfficerPatch,
+    team: Option<i64>,
+) -> Result<u64, sqlx::Error> {
+    Q::new(
+        "UPDATE officers SET officer_ref = COALESCE($2, officer_ref), \
+           display_name = COALESCE($3, display_name), \
+           team_id = CASE WHEN $4 THEN $5 ELSE team_id END, active = COALESCE($6, active) \
+         WHERE officer_id = $1",
+    )
+    .bind(id)
+    .bind(&b.officer_ref)
+    .bind(&b.display_name)
+    .bind(b.team_ref.is_some())
+    .bind(team)
+    .bind(b.active)
+    .execute(tx)
+    .await
 }
 
 // ---------------------------------------------------------------------------
@@ -784,7 +856,7 @@ const TEAM_SQL: &str = "SELECT t.team_id, t.team_ref, t.name, o.officer_ref AS s
      (SELECT count(*) FROM officers m WHERE m.team_id = t.team_id) AS officers \
      FROM teams t LEFT JOIN officers o ON o.officer_id = t.supervisor_id";
 
-fn team_row(r: &PgRow) -> Team {
+fn team_row(r: &DbRow) -> Team {
     Team {
         team_id: r.get("team_id"),
         team_ref: r.get("team_ref"),
@@ -794,10 +866,10 @@ fn team_row(r: &PgRow) -> Team {
     }
 }
 
-async fn read_team(conn: &mut PgConnection, id: i64) -> Result<Team, ApiError> {
-    let r = sqlx::query(&format!("{TEAM_SQL} WHERE t.team_id = $1"))
+async fn read_team(tx: &mut Tx, id: i64) -> Result<Team, ApiError> {
+    let r = Q::new(format!("{TEAM_SQL} WHERE t.team_id = $1"))
         .bind(id)
-        .fetch_optional(conn)
+        .fetch_optional(tx)
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(team_row(&r))
@@ -812,6 +884,20 @@ pub struct PageQuery {
     pub cursor: Option<String>,
     /// Page size 1..=500 (default 100).
     pub limit: Option<i64>,
+}
+
+/// Up to `limit` teams with ids after `after`.
+async fn team_page(db: &Db, after: i64, limit: i64) -> Result<Vec<Team>, sqlx::Error> {
+    Ok(Q::new(format!(
+        "{TEAM_SQL} WHERE t.team_id > $1 ORDER BY t.team_id LIMIT $2"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await?
+    .iter()
+    .map(team_row)
+    .collect())
 }
 
 /// Teams (admins).
@@ -833,16 +919,7 @@ pub async fn list_teams(
     let after = id_cursor(&q.cursor, 0, &mut errs);
     let limit = limit_of(q.limit, 100, 500, &mut errs);
     done(errs)?;
-    let mut items: Vec<Team> = sqlx::query(&format!(
-        "{TEAM_SQL} WHERE t.team_id > $1 ORDER BY t.team_id LIMIT $2"
-    ))
-    .bind(after)
-    .bind(limit + 1)
-    .fetch_all(&st.pool)
-    .await?
-    .iter()
-    .map(team_row)
-    .collect();
+    let mut items = team_page(&st.db, after, limit + 1).await?;
     let next_cursor = paginate(&mut items, limit, |t| t.team_id);
     Ok(Json(Page { items, next_cursor }))
 }
@@ -861,21 +938,21 @@ pub struct NewTeam {
 }
 
 async fn officer_id_of(
-    conn: &mut PgConnection,
+    tx: &mut Tx,
     field: &str,
     officer_ref: &str,
     errs: &mut Vec<FieldError>,
 ) -> Result<Option<i64>, ApiError> {
-    let row = sqlx::query("SELECT officer_id, active FROM officers WHERE officer_ref = $1")
+    let row = Q::new("SELECT officer_id, active FROM officers WHERE officer_ref = $1")
         .bind(officer_ref)
-        .fetch_optional(conn)
+        .fetch_optional(tx)
         .await?;
     Ok(match row {
         None => {
             errs.push(FieldError::new(field, "no officer has this reference"));
             None
         }
-        Some(r) if !r.get::<bool, _>("active") => {
+        Some(r) if !r.get::<bool>("active") => {
             errs.push(FieldError::new(field, "this officer is not active"));
             None
         }
@@ -905,23 +982,17 @@ pub async fn create_team(
     let mut errs = Vec::new();
     check_text("team_ref", &b.team_ref, 128, &mut errs);
     check_text("name", &b.name, 200, &mut errs);
-    let mut tx = st.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let sup = match &b.supervisor_ref {
         Some(r) => officer_id_of(&mut tx, "supervisor_ref", r, &mut errs).await?,
         None => None,
     };
     done(errs)?;
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO teams (team_ref, name, supervisor_id) VALUES ($1, $2, $3) RETURNING team_id",
-    )
-    .bind(&b.team_ref)
-    .bind(&b.name)
-    .bind(sup)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(unique_as("a team with this team_ref"))?;
-    audit::record_pg(
-        &mut *tx,
+    let id = insert_team(&mut tx, &b, sup)
+        .await
+        .map_err(unique_as("a team with this team_ref"))?;
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         st.clock.now(),
@@ -982,30 +1053,20 @@ pub async fn patch_team(
     if let Some(n) = &b.name {
         check_text("name", n, 200, &mut errs);
     }
-    let mut tx = st.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let sup = match &b.supervisor_ref {
         Some(Some(r)) => officer_id_of(&mut tx, "supervisor_ref", r, &mut errs).await?,
         _ => None,
     };
     done(errs)?;
-    let n = sqlx::query(
-        "UPDATE teams SET team_ref = COALESCE($2, team_ref), name = COALESCE($3, name), \
-           supervisor_id = CASE WHEN $4 THEN $5 ELSE supervisor_id END WHERE team_id = $1",
-    )
-    .bind(id)
-    .bind(&b.team_ref)
-    .bind(&b.name)
-    .bind(b.supervisor_ref.is_some())
-    .bind(sup)
-    .execute(&mut *tx)
-    .await
-    .map_err(unique_as("a team with this team_ref"))?
-    .rows_affected();
+    let n = update_team(&mut tx, id, &b, sup)
+        .await
+        .map_err(unique_as("a team with this team_ref"))?;
     if n == 0 {
         return Err(ApiError::NotFound);
     }
-    audit::record_pg(
-        &mut *tx,
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         st.clock.now(),
@@ -1020,6 +1081,43 @@ pub async fn patch_team(
     let t = read_team(&mut tx, id).await?;
     tx.commit().await?;
     Ok(Json(t))
+}
+
+/// Inserts a team led by `supervisor`; the new id.
+async fn insert_team(
+    tx: &mut Tx,
+    b: &NewTeam,
+    supervisor: Option<i64>,
+) -> Result<i64, sqlx::Error> {
+    Q::new(
+        "INSERT INTO teams (team_ref, name, supervisor_id) VALUES ($1, $2, $3) RETURNING team_id",
+    )
+    .bind(&b.team_ref)
+    .bind(&b.name)
+    .bind(supervisor)
+    .scalar(tx)
+    .await
+}
+
+/// Applies a patch (`supervisor`: the id of the patch's new supervisor);
+/// rows changed (0: no such team).
+async fn update_team(
+    tx: &mut Tx,
+    id: i64,
+    b: &TeamPatch,
+    supervisor: Option<i64>,
+) -> Result<u64, sqlx::Error> {
+    Q::new(
+        "UPDATE teams SET team_ref = COALESCE($2, team_ref), name = COALESCE($3, name), \
+           supervisor_id = CASE WHEN $4 THEN $5 ELSE supervisor_id END WHERE team_id = $1",
+    )
+    .bind(id)
+    .bind(&b.team_ref)
+    .bind(&b.name)
+    .bind(b.supervisor_ref.is_some())
+    .bind(supervisor)
+    .execute(tx)
+    .await
 }
 
 // ---------------------------------------------------------------------------
@@ -1070,16 +1168,29 @@ const DEVICE_SQL: &str = "SELECT d.device_key, d.device_id, d.enrolled_at, d.rev
        ORDER BY x.valid_from DESC LIMIT 1) a ON true \
      LEFT JOIN supervisees s ON s.supervisee_id = a.supervisee_id";
 
-fn device_row(r: &PgRow) -> Device {
-    let current_assignment = r
-        .get::<Option<i64>, _>("assignment_id")
-        .map(|assignment_id| Assignment {
-            assignment_id,
-            supervisee_id: r.get("supervisee_id"),
-            case_ref: r.get("case_ref"),
-            valid_from: r.get("valid_from"),
-            valid_to: r.get("valid_to"),
-        });
+/// [`DEVICE_SQL`] for SQLite, which has no LATERAL: the assignment in force
+/// is found by a correlated subquery on its id (the same row: assignments
+/// of a device do not overlap).
+const DEVICE_SQL_LITE: &str = "SELECT d.device_key, d.device_id, d.enrolled_at, d.revoked_at, \
+     d.report_interval_s, st.received_at AS last_status_at, st.battery_pct, st.firmware, \
+     a.assignment_id, a.supervisee_id, s.case_ref, a.valid_from, a.valid_to \
+     FROM devices d LEFT JOIN device_status st ON st.device_key = d.device_key \
+     LEFT JOIN device_assignments a ON a.assignment_id = (SELECT x.assignment_id \
+       FROM device_assignments x WHERE x.device_key = d.device_key \
+       AND x.valid_from <= $1 AND (x.valid_to IS NULL OR x.valid_to > $1) \
+       ORDER BY x.valid_from DESC LIMIT 1) \
+     LEFT JOIN supervisees s ON s.supervisee_id = a.supervisee_id";
+
+fn device_row(r: &DbRow) -> Device {
+    let current_assignment =
+        r.get::<Option<i64>>("assignment_id")
+            .map(|assignment_id| Assignment {
+                assignment_id,
+                supervisee_id: r.get("supervisee_id"),
+                case_ref: r.get("case_ref"),
+                valid_from: r.get("valid_from"),
+                valid_to: r.get("valid_to"),
+            });
     Device {
         device_id: r.get("device_id"),
         enrolled_at: r.get("enrolled_at"),
@@ -1123,38 +1234,43 @@ pub struct DeviceDetail {
 
 /// The device row's key and revocation, locked for the transaction.
 async fn lock_device(
-    conn: &mut PgConnection,
+    tx: &mut Tx,
     device_id: &str,
 ) -> Result<(i64, Option<DateTime<Utc>>), ApiError> {
-    let r =
-        sqlx::query("SELECT device_key, revoked_at FROM devices WHERE device_id = $1 FOR UPDATE")
-            .bind(device_id)
-            .fetch_optional(conn)
-            .await?
-            .ok_or(ApiError::NotFound)?;
+    let r = Q::new("SELECT device_key, revoked_at FROM devices WHERE device_id = $1 FOR UPDATE")
+        .bind(device_id)
+        .fetch_optional(tx)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok((r.get("device_key"), r.get("revoked_at")))
 }
 
+/// The device with its assignment in force at `now`, its assignment
+/// history and its pairings.
 async fn read_device(
-    conn: &mut PgConnection,
+    on: impl Into<On<'_>>,
     device_id: &str,
     now: DateTime<Utc>,
 ) -> Result<DeviceDetail, ApiError> {
-    let r = sqlx::query(&format!("{DEVICE_SQL} WHERE d.device_id = $2"))
-        .bind(now)
-        .bind(device_id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let mut on = on.into();
+    let r = Q::split(
+        format!("{DEVICE_SQL} WHERE d.device_id = $2"),
+        format!("{DEVICE_SQL_LITE} WHERE d.device_id = $2"),
+    )
+    .bind(now)
+    .bind(device_id)
+    .fetch_optional(again(&mut on))
+    .await?
+    .ok_or(ApiError::NotFound)?;
     let key: i64 = r.get("device_key");
     let device = device_row(&r);
-    let assignments = sqlx::query(
+    let assignments = Q::new(
         "SELECT a.assignment_id, a.supervisee_id, s.case_ref, a.valid_from, a.valid_to \
          FROM device_assignments a JOIN supervisees s ON s.supervisee_id = a.supervisee_id \
          WHERE a.device_key = $1 ORDER BY a.valid_from DESC, a.assignment_id DESC LIMIT 200",
     )
     .bind(key)
-    .fetch_all(&mut *conn)
+    .fetch_all(again(&mut on))
     .await?
     .iter()
     .map(|r| Assignment {
@@ -1165,13 +1281,13 @@ async fn read_device(
         valid_to: r.get("valid_to"),
     })
     .collect();
-    let pairings = sqlx::query(
+    let pairings = Q::new(
         "SELECT p.pairing_id, p.supervisee_id, s.case_ref, p.enter_m, p.exit_m, p.ended_at \
          FROM victim_pairings p JOIN supervisees s ON s.supervisee_id = p.supervisee_id \
          WHERE p.victim_device_key = $1 ORDER BY p.pairing_id LIMIT 200",
     )
     .bind(key)
-    .fetch_all(&mut *conn)
+    .fetch_all(on)
     .await?
     .iter()
     .map(|r| Pairing {
@@ -1205,6 +1321,44 @@ pub struct DeviceQuery {
     pub limit: Option<i64>,
 }
 
+/// Up to `limit` devices (with their keys, the page cursor) enrolled after
+/// the one with key `after`, filtered by `q`, with their assignments in
+/// force at `now`.
+async fn device_page(
+    db: &Db,
+    now: DateTime<Utc>,
+    after: i64,
+    q: &DeviceQuery,
+    limit: i64,
+) -> Result<Vec<(i64, Device)>, sqlx::Error> {
+    let rows = Q::split(
+        format!(
+            "{DEVICE_SQL} WHERE d.device_key > $2 \
+               AND ($3::text IS NULL OR starts_with(d.device_id, $3)) \
+               AND ($4::boolean IS NULL OR (d.revoked_at IS NOT NULL) = $4) \
+             ORDER BY d.device_key LIMIT $5"
+        ),
+        // No starts_with in SQLite.
+        format!(
+            "{DEVICE_SQL_LITE} WHERE d.device_key > $2 \
+               AND ($3 IS NULL OR substr(d.device_id, 1, length($3)) = $3) \
+               AND ($4 IS NULL OR (d.revoked_at IS NOT NULL) = $4) \
+             ORDER BY d.device_key LIMIT $5"
+        ),
+    )
+    .bind(now)
+    .bind(after)
+    .bind(&q.q)
+    .bind(q.revoked)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get("device_key"), device_row(r)))
+        .collect())
+}
+
 /// Devices, in enrollment order (admins).
 #[utoipa::path(
     get,
@@ -1227,23 +1381,7 @@ pub async fn list_devices(
         errs.push(FieldError::new("q", "longer than 64 characters"));
     }
     done(errs)?;
-    let rows = sqlx::query(&format!(
-        "{DEVICE_SQL} WHERE d.device_key > $2 \
-           AND ($3::text IS NULL OR starts_with(d.device_id, $3)) \
-           AND ($4::boolean IS NULL OR (d.revoked_at IS NOT NULL) = $4) \
-         ORDER BY d.device_key LIMIT $5"
-    ))
-    .bind(st.clock.now())
-    .bind(after)
-    .bind(&q.q)
-    .bind(q.revoked)
-    .bind(limit + 1)
-    .fetch_all(&st.pool)
-    .await?;
-    let mut keyed: Vec<(i64, Device)> = rows
-        .iter()
-        .map(|r| (r.get("device_key"), device_row(r)))
-        .collect();
+    let mut keyed = device_page(&st.db, st.clock.now(), after, &q, limit + 1).await?;
     let next_cursor = paginate(&mut keyed, limit, |(k, _)| *k);
     Ok(Json(Page {
         items: keyed.into_iter().map(|(_, d)| d).collect(),
@@ -1266,10 +1404,7 @@ pub async fn get_device(
     ApiPath(device_id): ApiPath<String>,
 ) -> Result<Json<DeviceDetail>, ApiError> {
     who.require(ADMIN)?;
-    let mut conn = st.pool.acquire().await?;
-    Ok(Json(
-        read_device(&mut conn, &device_id, st.clock.now()).await?,
-    ))
+    Ok(Json(read_device(&st.db, &device_id, st.clock.now()).await?))
 }
 
 /// A device to enroll.
@@ -1317,19 +1452,12 @@ pub async fn create_device(
     }
     done(errs)?;
     let now = st.clock.now();
-    let mut tx = st.pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO devices (device_id, enrolled_at, report_interval_s) \
-         VALUES ($1, $2, COALESCE($3, 60))",
-    )
-    .bind(&b.device_id)
-    .bind(now)
-    .bind(b.report_interval_s)
-    .execute(&mut *tx)
-    .await
-    .map_err(unique_as("a device with this device_id"))?;
-    audit::record_pg(
-        &mut *tx,
+    let mut tx = st.db.begin().await?;
+    insert_device(&mut tx, &b, now)
+        .await
+        .map_err(unique_as("a device with this device_id"))?;
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -1343,6 +1471,39 @@ pub async fn create_device(
     let d = read_device(&mut tx, &b.device_id, now).await?;
     tx.commit().await?;
     Ok(Json(d))
+}
+
+/// Enrolls a device at `now`.
+async fn insert_device(tx: &mut Tx, b: &NewDevice, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    Q::new(
+        "INSERT INTO devices (device_id, enrolled_at, report_interval_s) \
+         VALUES ($1, $2, COALESCE($3, 60))",
+    )
+    .bind(&b.device_id)
+    .bind(now)
+    .bind(b.report_interval_s)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Sets a device's reporting interval; rows changed (0: no such device).
+async fn set_interval(tx: &mut Tx, device_id: &str, secs: i32) -> Result<u64, sqlx::Error> {
+    Q::new("UPDATE devices SET report_interval_s = $2 WHERE device_id = $1")
+        .bind(device_id)
+        .bind(secs)
+        .execute(tx)
+        .await
+}
+
+/// Marks a device revoked from `at`.
+async fn set_revoked(tx: &mut Tx, device_key: i64, at: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    Q::new("UPDATE devices SET revoked_at = $2 WHERE device_key = $1")
+        .bind(device_key)
+        .bind(at)
+        .execute(tx)
+        .await?;
+    Ok(())
 }
 
 /// Changes to a device.
@@ -1378,18 +1539,13 @@ pub async fn patch_device(
     check_interval(b.report_interval_s, &mut errs);
     done(errs)?;
     let now = st.clock.now();
-    let mut tx = st.pool.begin().await?;
-    let n = sqlx::query("UPDATE devices SET report_interval_s = $2 WHERE device_id = $1")
-        .bind(&device_id)
-        .bind(b.report_interval_s)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let mut tx = st.db.begin().await?;
+    let n = set_interval(&mut tx, &device_id, b.report_interval_s).await?;
     if n == 0 {
         return Err(ApiError::NotFound);
     }
-    audit::record_pg(
-        &mut *tx,
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -1423,7 +1579,7 @@ pub async fn revoke_device(
 ) -> Result<Json<DeviceDetail>, ApiError> {
     who.require(ADMIN)?;
     let now = st.clock.now();
-    let mut tx = st.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let (key, revoked) = lock_device(&mut tx, &device_id).await?;
     if let Some(at) = revoked {
         return Err(ApiError::Conflict(format!(
@@ -1431,13 +1587,9 @@ pub async fn revoke_device(
             at.to_rfc3339()
         )));
     }
-    sqlx::query("UPDATE devices SET revoked_at = $2 WHERE device_key = $1")
-        .bind(key)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    audit::record_pg(
-        &mut *tx,
+    set_revoked(&mut tx, key, now).await?;
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -1496,16 +1648,11 @@ pub async fn assign_device(
         errs.push(FieldError::new("valid_to", "must be after valid_from"));
     }
     let now = st.clock.now();
-    let mut tx = st.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     // The row lock serialises assignments of one device (the exclusion
     // constraint stays the last word).
     let (key, revoked) = lock_device(&mut tx, &device_id).await?;
-    let sup: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM supervisees WHERE supervisee_id = $1)")
-            .bind(b.supervisee_id)
-            .fetch_one(&mut *tx)
-            .await?;
-    if !sup {
+    if !supervisee_exists(&mut tx, b.supervisee_id).await? {
         errs.push(FieldError::new(
             "supervisee_id",
             "no supervisee has this id",
@@ -1518,29 +1665,14 @@ pub async fn assign_device(
         )));
     }
     keep_history(&mut tx, key, b.valid_from, "valid_from").await?;
-    let paired: Option<i64> = sqlx::query_scalar(
-        "SELECT pairing_id FROM victim_pairings WHERE victim_device_key = $1 AND ended_at IS NULL \
-         LIMIT 1",
-    )
-    .bind(key)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let paired = open_pairing_of(&mut tx, key).await?;
     if let Some(p) = paired {
         return Err(ApiError::Conflict(format!(
             "device {device_id} is a victim's device (pairing {p}); end the pairing before \
              assigning it to a supervisee"
         )));
     }
-    let clash = sqlx::query(
-        "SELECT assignment_id, supervisee_id, valid_from, valid_to FROM device_assignments \
-         WHERE device_key = $1 AND tstzrange(valid_from, valid_to) && tstzrange($2, $3) \
-         ORDER BY valid_from LIMIT 1",
-    )
-    .bind(key)
-    .bind(b.valid_from)
-    .bind(b.valid_to)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let clash = assignment_clash(&mut tx, key, b.valid_from, b.valid_to).await?;
     let overlap = |aid: Option<i64>, sid: Option<i64>, period: String| {
         ApiError::Conflict(format!(
             "device {device_id} is already assigned {period}{}{}: a device is worn by one \
@@ -1551,30 +1683,22 @@ pub async fn assign_device(
     };
     if let Some(c) = clash {
         return Err(overlap(
-            Some(c.get("assignment_id")),
-            Some(c.get("supervisee_id")),
-            fmt_period(c.get("valid_from"), c.get("valid_to")),
+            Some(c.assignment_id),
+            Some(c.supervisee_id),
+            fmt_period(c.valid_from, c.valid_to),
         ));
     }
-    let aid: i64 = sqlx::query_scalar(
-        "INSERT INTO device_assignments (device_key, supervisee_id, valid_from, valid_to) \
-         VALUES ($1, $2, $3, $4) RETURNING assignment_id",
-    )
-    .bind(key)
-    .bind(b.supervisee_id)
-    .bind(b.valid_from)
-    .bind(b.valid_to)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(|e| {
-        if is_db_code(&e, "23P01") {
+    let aid = insert_assignment(&mut tx, key, &b).await.map_err(|e| {
+        // The schema's last word on overlaps (exclusion constraint,
+        // SQLite trigger): a concurrent assignment got in first.
+        if sql::violation(&e) == Some(Violation::Unique) {
             overlap(None, None, "for part of this period".into())
         } else {
             e.into()
         }
     })?;
-    audit::record_pg(
-        &mut *tx,
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -1624,19 +1748,10 @@ pub async fn end_assignment(
     // from the body's errors.
     let b = b?;
     let now = st.clock.now();
-    let mut tx = st.pool.begin().await?;
-    let r = sqlx::query(
-        "SELECT a.supervisee_id, a.valid_from, a.valid_to, a.device_key FROM device_assignments a \
-         JOIN devices d ON d.device_key = a.device_key \
-         WHERE d.device_id = $1 AND a.assignment_id = $2 FOR UPDATE OF a",
-    )
-    .bind(&device_id)
-    .bind(assignment_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(ApiError::NotFound)?;
-    let (sid, from, to): (i64, DateTime<Utc>, Option<DateTime<Utc>>) =
-        (r.get(0), r.get(1), r.get(2));
+    let mut tx = st.db.begin().await?;
+    let (sid, from, to, device_key) = lock_assignment(&mut tx, &device_id, assignment_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     if b.at <= from {
         return Err(ApiError::field(
             "at",
@@ -1652,14 +1767,10 @@ pub async fn end_assignment(
             t.to_rfc3339()
         )));
     }
-    keep_history(&mut tx, r.get("device_key"), b.at, "at").await?;
-    sqlx::query("UPDATE device_assignments SET valid_to = $2 WHERE assignment_id = $1")
-        .bind(assignment_id)
-        .bind(b.at)
-        .execute(&mut *tx)
-        .await?;
-    audit::record_pg(
-        &mut *tx,
+    keep_history(&mut tx, device_key, b.at, "at").await?;
+    set_assignment_end(&mut tx, assignment_id, b.at).await?;
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -1719,14 +1830,9 @@ pub async fn pair_device(
         ));
     }
     let now = st.clock.now();
-    let mut tx = st.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let (key, revoked) = lock_device(&mut tx, &device_id).await?;
-    let sup: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM supervisees WHERE supervisee_id = $1)")
-            .bind(b.supervisee_id)
-            .fetch_one(&mut *tx)
-            .await?;
-    if !sup {
+    if !supervisee_exists(&mut tx, b.supervisee_id).await? {
         errs.push(FieldError::new(
             "supervisee_id",
             "no supervisee has this id",
@@ -1738,34 +1844,16 @@ pub async fn pair_device(
             "device {device_id} is revoked; it cannot be paired"
         )));
     }
-    let worn: Option<i64> = sqlx::query_scalar(
-        "SELECT assignment_id FROM device_assignments WHERE device_key = $1 \
-         AND (valid_to IS NULL OR valid_to > $2) LIMIT 1",
-    )
-    .bind(key)
-    .bind(now)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let worn = worn_assignment(&mut tx, key, now).await?;
     if let Some(a) = worn {
         return Err(ApiError::Conflict(format!(
             "device {device_id} is assigned to a supervisee (assignment {a}); a victim's \
              device must not also be a supervisee's"
         )));
     }
-    let pid: i64 = sqlx::query_scalar(
-        "INSERT INTO victim_pairings (victim_device_key, supervisee_id, enter_m, exit_m) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (victim_device_key, supervisee_id) DO UPDATE \
-         SET enter_m = EXCLUDED.enter_m, exit_m = EXCLUDED.exit_m, ended_at = NULL \
-         RETURNING pairing_id",
-    )
-    .bind(key)
-    .bind(b.supervisee_id)
-    .bind(b.enter_m as f32)
-    .bind(b.exit_m as f32)
-    .fetch_one(&mut *tx)
-    .await?;
-    audit::record_pg(
-        &mut *tx,
+    let pid = upsert_pairing(&mut tx, key, &b).await?;
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -1799,31 +1887,19 @@ pub async fn end_pairing(
 ) -> Result<Json<DeviceDetail>, ApiError> {
     who.require(ADMIN)?;
     let now = st.clock.now();
-    let mut tx = st.pool.begin().await?;
-    let r = sqlx::query(
-        "SELECT p.supervisee_id, p.ended_at FROM victim_pairings p \
-         JOIN devices d ON d.device_key = p.victim_device_key \
-         WHERE d.device_id = $1 AND p.pairing_id = $2 FOR UPDATE OF p",
-    )
-    .bind(&device_id)
-    .bind(pairing_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(ApiError::NotFound)?;
-    let (sid, ended): (i64, Option<DateTime<Utc>>) = (r.get(0), r.get(1));
+    let mut tx = st.db.begin().await?;
+    let (sid, ended) = lock_pairing(&mut tx, &device_id, pairing_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     if let Some(at) = ended {
         return Err(ApiError::Conflict(format!(
             "pairing {pairing_id} already ended at {}",
             at.to_rfc3339()
         )));
     }
-    sqlx::query("UPDATE victim_pairings SET ended_at = $2 WHERE pairing_id = $1")
-        .bind(pairing_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    audit::record_pg(
-        &mut *tx,
+    set_pairing_end(&mut tx, pairing_id, now).await?;
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -1859,19 +1935,12 @@ pub fn routes() -> OpenApiRouter<ApiState> {
 /// fix. Otherwise re-dating assignments would move a person's history into
 /// another caseload (readable by that officer, exported under that name).
 async fn keep_history(
-    tx: &mut sqlx::PgConnection,
+    tx: &mut Tx,
     device_key: i64,
     at: DateTime<Utc>,
     field: &str,
 ) -> Result<(), ApiError> {
-    let newest: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "SELECT max(fix_time) FROM fixes WHERE device_key = $1 AND fix_time >= $2",
-    )
-    .bind(device_key)
-    .bind(at)
-    .fetch_one(&mut *tx)
-    .await?;
-    match newest {
+    match newest_fix_from(tx, device_key, at).await? {
         None => Ok(()),
         Some(t) => Err(ApiError::field(
             field,
@@ -1882,4 +1951,201 @@ async fn keep_history(
             ),
         )),
     }
+}
+
+/// The device's newest stored fix time at or after `at`.
+async fn newest_fix_from(
+    tx: &mut Tx,
+    device_key: i64,
+    at: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    Q::new("SELECT max(fix_time) FROM fixes WHERE device_key = $1 AND fix_time >= $2")
+        .bind(device_key)
+        .bind(at)
+        .scalar(tx)
+        .await
+}
+
+// ---------------------------------------------------------------------------
+// Assignment and pairing statements.
+
+async fn supervisee_exists(tx: &mut Tx, id: i64) -> Result<bool, sqlx::Error> {
+    Q::new("SELECT EXISTS (SELECT 1 FROM supervisees WHERE supervisee_id = $1)")
+        .bind(id)
+        .scalar(tx)
+        .await
+}
+
+/// An open pairing in which this device is the victim's, if any.
+async fn open_pairing_of(tx: &mut Tx, device_key: i64) -> Result<Option<i64>, sqlx::Error> {
+    Q::new(
+        "SELECT pairing_id FROM victim_pairings WHERE victim_device_key = $1 AND ended_at IS NULL \
+         LIMIT 1",
+    )
+    .bind(device_key)
+    .scalar_opt(tx)
+    .await
+}
+
+/// An existing assignment of the device whose period overlaps
+/// `[from, to)` (`to` = `None`: open-ended).
+struct Clash {
+    assignment_id: i64,
+    supervisee_id: i64,
+    valid_from: DateTime<Utc>,
+    valid_to: Option<DateTime<Utc>>,
+}
+
+/// The earliest assignment of the device overlapping `[from, to)`.
+async fn assignment_clash(
+    tx: &mut Tx,
+    device_key: i64,
+    from: DateTime<Utc>,
+    to: Option<DateTime<Utc>>,
+) -> Result<Option<Clash>, sqlx::Error> {
+    // PostgreSQL: the range test the exclusion constraint's index answers.
+    // SQLite: the same half-open test spelt out (NULL = no end), as in the
+    // schema's overlap triggers.
+    let r = Q::split(
+        "SELECT assignment_id, supervisee_id, valid_from, valid_to FROM device_assignments \
+         WHERE device_key = $1 AND tstzrange(valid_from, valid_to) && tstzrange($2, $3) \
+         ORDER BY valid_from LIMIT 1",
+        "SELECT assignment_id, supervisee_id, valid_from, valid_to FROM device_assignments \
+         WHERE device_key = $1 AND (valid_to IS NULL OR $2 < valid_to) \
+           AND ($3 IS NULL OR valid_from < $3) \
+         ORDER BY valid_from LIMIT 1",
+    )
+    .bind(device_key)
+    .bind(from)
+    .bind(to)
+    .fetch_optional(tx)
+    .await?;
+    Ok(r.map(|c| Clash {
+        assignment_id: c.get("assignment_id"),
+        supervisee_id: c.get("supervisee_id"),
+        valid_from: c.get("valid_from"),
+        valid_to: c.get("valid_to"),
+    }))
+}
+
+/// Inserts an assignment of the device; its id.
+async fn insert_assignment(
+    tx: &mut Tx,
+    device_key: i64,
+    b: &NewAssignment,
+) -> Result<i64, sqlx::Error> {
+    Q::new(
+        "INSERT INTO device_assignments (device_key, supervisee_id, valid_from, valid_to) \
+         VALUES ($1, $2, $3, $4) RETURNING assignment_id",
+    )
+    .bind(device_key)
+    .bind(b.supervisee_id)
+    .bind(b.valid_from)
+    .bind(b.valid_to)
+    .scalar(tx)
+    .await
+}
+
+/// `(supervisee_id, valid_from, valid_to, device_key)` of the device's
+/// assignment, locked until the transaction ends.
+async fn lock_assignment(
+    tx: &mut Tx,
+    device_id: &str,
+    assignment_id: i64,
+) -> Result<Option<(i64, DateTime<Utc>, Option<DateTime<Utc>>, i64)>, sqlx::Error> {
+    // `FOR UPDATE OF` has no SQLite form (nor need: one writer at a time).
+    const SELECT: &str = "SELECT a.supervisee_id, a.valid_from, a.valid_to, a.device_key \
+         FROM device_assignments a JOIN devices d ON d.device_key = a.device_key \
+         WHERE d.device_id = $1 AND a.assignment_id = $2";
+    let r = Q::split(format!("{SELECT} FOR UPDATE OF a"), SELECT)
+        .bind(device_id)
+        .bind(assignment_id)
+        .fetch_optional(tx)
+        .await?;
+    Ok(r.map(|r| {
+        (
+            r.get("supervisee_id"),
+            r.get("valid_from"),
+            r.get("valid_to"),
+            r.get("device_key"),
+        )
+    }))
+}
+
+async fn set_assignment_end(
+    tx: &mut Tx,
+    assignment_id: i64,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    Q::new("UPDATE device_assignments SET valid_to = $2 WHERE assignment_id = $1")
+        .bind(assignment_id)
+        .bind(at)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// An assignment of the device in force at `now` or later, if any.
+async fn worn_assignment(
+    tx: &mut Tx,
+    device_key: i64,
+    now: DateTime<Utc>,
+) -> Result<Option<i64>, sqlx::Error> {
+    Q::new(
+        "SELECT assignment_id FROM device_assignments WHERE device_key = $1 \
+         AND (valid_to IS NULL OR valid_to > $2) LIMIT 1",
+    )
+    .bind(device_key)
+    .bind(now)
+    .scalar_opt(tx)
+    .await
+}
+
+/// Pairs the victim's device with the supervisee, or updates and reopens
+/// their pairing; its id.
+async fn upsert_pairing(tx: &mut Tx, device_key: i64, b: &NewPairing) -> Result<i64, sqlx::Error> {
+    Q::new(
+        "INSERT INTO victim_pairings (victim_device_key, supervisee_id, enter_m, exit_m) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (victim_device_key, supervisee_id) DO UPDATE \
+         SET enter_m = EXCLUDED.enter_m, exit_m = EXCLUDED.exit_m, ended_at = NULL \
+         RETURNING pairing_id",
+    )
+    .bind(device_key)
+    .bind(b.supervisee_id)
+    .bind(b.enter_m as f32)
+    .bind(b.exit_m as f32)
+    .scalar(tx)
+    .await
+}
+
+/// `(supervisee_id, ended_at)` of the device's pairing, locked until the
+/// transaction ends.
+async fn lock_pairing(
+    tx: &mut Tx,
+    device_id: &str,
+    pairing_id: i64,
+) -> Result<Option<(i64, Option<DateTime<Utc>>)>, sqlx::Error> {
+    // `FOR UPDATE OF` has no SQLite form (nor need: one writer at a time).
+    const SELECT: &str = "SELECT p.supervisee_id, p.ended_at FROM victim_pairings p \
+         JOIN devices d ON d.device_key = p.victim_device_key \
+         WHERE d.device_id = $1 AND p.pairing_id = $2";
+    let r = Q::split(format!("{SELECT} FOR UPDATE OF p"), SELECT)
+        .bind(device_id)
+        .bind(pairing_id)
+        .fetch_optional(tx)
+        .await?;
+    Ok(r.map(|r| (r.get("supervisee_id"), r.get("ended_at"))))
+}
+
+async fn set_pairing_end(
+    tx: &mut Tx,
+    pairing_id: i64,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    Q::new("UPDATE victim_pairings SET ended_at = $2 WHERE pairing_id = $1")
+        .bind(pairing_id)
+        .bind(at)
+        .execute(tx)
+        .await?;
+    Ok(())
 }
