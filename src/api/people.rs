@@ -2149,3 +2149,669 @@ async fn set_pairing_end(
         .await?;
     Ok(())
 }
+
+/// The statements above on a real SQLite database built from
+/// migrations/sqlite (PostgreSQL is covered by tests/api_*.rs).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sql::LitePools;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+
+    /// A fresh database file with the embedded mode's pools: one writer,
+    /// read-only readers.
+    async fn lite() -> (Db, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SqliteConnectOptions::new()
+            .filename(dir.path().join("waypoint.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .unwrap();
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&write)
+            .await
+            .unwrap();
+        let read = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts.read_only(true))
+            .await
+            .unwrap();
+        (Db::Lite(LitePools { write, read }), dir)
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn admin() -> Principal {
+        Principal {
+            token_id: 1,
+            role: Role::Admin,
+            officer_ref: None,
+            officer_id: None,
+        }
+    }
+
+    fn caseworker(role: Role, officer_ref: &str, officer_id: i64) -> Principal {
+        Principal {
+            token_id: 2,
+            role,
+            officer_ref: Some(officer_ref.into()),
+            officer_id: Some(officer_id),
+        }
+    }
+
+    fn new_officer(r: &str) -> NewOfficer {
+        NewOfficer {
+            officer_ref: r.into(),
+            display_name: format!("Officer {r}"),
+            team_ref: None,
+            active: None,
+        }
+    }
+
+    fn new_sup(case_ref: &str, officer_ref: &str) -> NewSupervisee {
+        NewSupervisee {
+            case_ref: case_ref.into(),
+            display_name: None,
+            time_zone: "Europe/London".into(),
+            officer_ref: officer_ref.into(),
+        }
+    }
+
+    fn new_device(id: &str) -> NewDevice {
+        NewDevice {
+            device_id: id.into(),
+            report_interval_s: None,
+        }
+    }
+
+    fn assignment(sid: i64, from: &str, to: Option<&str>) -> NewAssignment {
+        NewAssignment {
+            supervisee_id: sid,
+            valid_from: t(from),
+            valid_to: to.map(t),
+        }
+    }
+
+    /// Two teams: alpha (officers a1 and a2, supervised by s1, who is in no
+    /// team) and beta (b1); one supervisee per officer. Ids: team alpha 1,
+    /// beta 2; officers a1 1, a2 2, s1 3, b1 4.
+    async fn people(db: &Db) {
+        let mut tx = db.begin().await.unwrap();
+        let alpha = insert_team(
+            &mut tx,
+            &NewTeam {
+                team_ref: "alpha".into(),
+                name: "Alpha".into(),
+                supervisor_ref: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        let beta = insert_team(
+            &mut tx,
+            &NewTeam {
+                team_ref: "beta".into(),
+                name: "Beta".into(),
+                supervisor_ref: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        insert_officer(&mut tx, &new_officer("a1"), Some(alpha))
+            .await
+            .unwrap();
+        insert_officer(&mut tx, &new_officer("a2"), Some(alpha))
+            .await
+            .unwrap();
+        let s1 = insert_officer(&mut tx, &new_officer("s1"), None)
+            .await
+            .unwrap();
+        insert_officer(&mut tx, &new_officer("b1"), Some(beta))
+            .await
+            .unwrap();
+        let patch = TeamPatch {
+            supervisor_ref: Some(Some("s1".into())),
+            ..Default::default()
+        };
+        assert_eq!(
+            update_team(&mut tx, alpha, &patch, Some(s1)).await.unwrap(),
+            1
+        );
+        for (case, officer) in [
+            ("AB-1", "a1"),
+            ("ab-2", "a2"),
+            ("AB-3", "s1"),
+            ("X-4", "b1"),
+        ] {
+            insert_supervisee(&mut tx, &new_sup(case, officer))
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+
+    fn cases(page: &[SuperviseeSummary]) -> Vec<&str> {
+        page.iter().map(|s| s.case_ref.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn supervisee_pages_follow_scope_filters_and_prefix() {
+        let (db, _dir) = lite().await;
+        people(&db).await;
+        let all = SuperviseeQuery::default();
+        let page = supervisee_page(&db, &admin(), 0, &all, 10).await.unwrap();
+        assert_eq!(cases(&page), ["AB-1", "ab-2", "AB-3", "X-4"]);
+        assert_eq!(page[0].time_zone, "Europe/London");
+        // Cursor and limit.
+        let page = supervisee_page(&db, &admin(), page[1].supervisee_id, &all, 1)
+            .await
+            .unwrap();
+        assert_eq!(cases(&page), ["AB-3"]);
+        // Prefix match is case-sensitive, like starts_with.
+        let q = SuperviseeQuery {
+            q: Some("AB".into()),
+            ..Default::default()
+        };
+        let page = supervisee_page(&db, &admin(), 0, &q, 10).await.unwrap();
+        assert_eq!(cases(&page), ["AB-1", "AB-3"]);
+        let q = SuperviseeQuery {
+            officer_ref: Some("a2".into()),
+            ..Default::default()
+        };
+        let page = supervisee_page(&db, &admin(), 0, &q, 10).await.unwrap();
+        assert_eq!(cases(&page), ["ab-2"]);
+        // An officer: their caseload; the supervisor of alpha: alpha's and
+        // their own; an auditor: nothing.
+        let who = caseworker(Role::Officer, "a1", 1);
+        let page = supervisee_page(&db, &who, 0, &all, 10).await.unwrap();
+        assert_eq!(cases(&page), ["AB-1"]);
+        let who = caseworker(Role::Supervisor, "s1", 3);
+        let page = supervisee_page(&db, &who, 0, &all, 10).await.unwrap();
+        assert_eq!(cases(&page), ["AB-1", "ab-2", "AB-3"]);
+        let auditor = Principal {
+            role: Role::Auditor,
+            ..admin()
+        };
+        assert!(supervisee_page(&db, &auditor, 0, &all, 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn supervisee_detail_and_patch() {
+        let (db, _dir) = lite().await;
+        people(&db).await;
+        let now = t("2026-03-01T12:00:00Z");
+        let mut tx = db.begin().await.unwrap();
+        let dev = |id: &'static str| new_device(id);
+        insert_device(&mut tx, &dev("tag-1"), now).await.unwrap();
+        insert_device(&mut tx, &dev("tag-2"), now).await.unwrap();
+        insert_device(&mut tx, &dev("victim-1"), now).await.unwrap();
+        // Ended, current and upcoming assignments of supervisee 1.
+        let past = assignment(1, "2026-01-01T00:00:00Z", Some("2026-02-01T00:00:00Z"));
+        insert_assignment(&mut tx, 1, &past).await.unwrap();
+        let current = assignment(1, "2026-02-01T00:00:00Z", Some("2026-03-01T12:00:00.5Z"));
+        insert_assignment(&mut tx, 1, &current).await.unwrap();
+        let later = assignment(1, "2026-04-01T00:00:00Z", None);
+        insert_assignment(&mut tx, 2, &later).await.unwrap();
+        let pairing = NewPairing {
+            supervisee_id: 1,
+            enter_m: 500.0,
+            exit_m: 750.0,
+        };
+        upsert_pairing(&mut tx, 3, &pairing).await.unwrap();
+        // Read inside the transaction that wrote (the single writer must
+        // not be asked twice).
+        let d = read_supervisee(&mut tx, &admin(), 1, now).await.unwrap();
+        tx.commit().await.unwrap();
+        let ids: Vec<_> = d.devices.iter().map(|w| w.device_id.as_str()).collect();
+        assert_eq!(ids, ["tag-1", "tag-2"]);
+        assert_eq!(d.devices[0].valid_to, Some(t("2026-03-01T12:00:00.5Z")));
+        assert_eq!(d.devices[1].valid_to, None);
+        assert_eq!(d.victim_pairings, 1);
+        // Outside the caller's scope: not found.
+        let other = caseworker(Role::Officer, "b1", 4);
+        assert!(matches!(
+            read_supervisee(&db, &other, 1, now).await,
+            Err(ApiError::NotFound)
+        ));
+
+        let mut tx = db.begin().await.unwrap();
+        assert_eq!(
+            lock_supervisee(&mut tx, 1).await.unwrap(),
+            Some(Some("a1".into()))
+        );
+        assert_eq!(lock_supervisee(&mut tx, 99).await.unwrap(), None);
+        let patch = SuperviseePatch {
+            display_name: Some(Some("Pat".into())),
+            officer_ref: Some("b1".into()),
+            ..Default::default()
+        };
+        update_supervisee(&mut tx, 1, &patch).await.unwrap();
+        tx.commit().await.unwrap();
+        let d = read_supervisee(&db, &other, 1, now).await.unwrap();
+        assert_eq!(d.supervisee.display_name.as_deref(), Some("Pat"));
+        assert_eq!(d.supervisee.time_zone, "Europe/London");
+        // Absent keeps, null clears.
+        let mut tx = db.begin().await.unwrap();
+        let keep = SuperviseePatch {
+            time_zone: Some("Europe/Paris".into()),
+            ..Default::default()
+        };
+        update_supervisee(&mut tx, 1, &keep).await.unwrap();
+        let clear = SuperviseePatch {
+            display_name: Some(None),
+            ..Default::default()
+        };
+        let d = read_supervisee(&mut tx, &admin(), 1, now).await.unwrap();
+        assert_eq!(d.supervisee.display_name.as_deref(), Some("Pat"));
+        update_supervisee(&mut tx, 1, &clear).await.unwrap();
+        let d = read_supervisee(&mut tx, &admin(), 1, now).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(d.supervisee.display_name, None);
+        assert_eq!(d.supervisee.time_zone, "Europe/Paris");
+    }
+
+    #[tokio::test]
+    async fn officers_teams_and_unique_refs() {
+        let (db, _dir) = lite().await;
+        people(&db).await;
+        let all = OfficerQuery::default();
+        let refs = |p: Vec<Officer>| p.into_iter().map(|o| o.officer_ref).collect::<Vec<_>>();
+        assert_eq!(
+            refs(officer_page(&db, 0, None, &all, 10).await.unwrap()),
+            ["a1", "a2", "s1", "b1"]
+        );
+        // A supervisor: themselves and the team they are in (none for s1).
+        assert_eq!(
+            refs(officer_page(&db, 0, Some(3), &all, 10).await.unwrap()),
+            ["s1"]
+        );
+        assert_eq!(
+            refs(officer_page(&db, 0, Some(1), &all, 10).await.unwrap()),
+            ["a1", "a2"]
+        );
+        let q = OfficerQuery {
+            team_ref: Some("beta".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            refs(officer_page(&db, 0, None, &q, 10).await.unwrap()),
+            ["b1"]
+        );
+
+        let mut tx = db.begin().await.unwrap();
+        let o = read_officer(&mut tx, 1).await.unwrap();
+        assert_eq!(
+            (o.caseload, o.team_ref.as_deref(), o.active),
+            (1, Some("alpha"), true)
+        );
+        // created_at comes from the schema's DEFAULT; it must decode.
+        assert!(o.created_at.timestamp() > 0);
+        // Renaming an officer carries their caseload along (ON UPDATE CASCADE).
+        let patch = OfficerPatch {
+            officer_ref: Some("a1x".into()),
+            team_ref: Some(None),
+            active: Some(false),
+            ..Default::default()
+        };
+        assert_eq!(update_officer(&mut tx, 1, &patch, None).await.unwrap(), 1);
+        assert_eq!(update_officer(&mut tx, 99, &patch, None).await.unwrap(), 0);
+        let o = read_officer(&mut tx, 1).await.unwrap();
+        assert_eq!(
+            (o.officer_ref.as_str(), o.caseload, o.team_ref, o.active),
+            ("a1x", 1, None, false)
+        );
+        assert_eq!(officer_active(&mut tx, "a1x").await.unwrap(), Some(false));
+        assert_eq!(officer_active(&mut tx, "a1").await.unwrap(), None);
+        let mut errs = Vec::new();
+        assert_eq!(
+            officer_id_of(&mut tx, "f", "s1", &mut errs).await.unwrap(),
+            Some(3)
+        );
+        assert_eq!(
+            officer_id_of(&mut tx, "f", "a1x", &mut errs).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            team_id_of(&mut tx, "f", "beta", &mut errs).await.unwrap(),
+            Some(2)
+        );
+        assert_eq!(
+            team_id_of(&mut tx, "f", "gamma", &mut errs).await.unwrap(),
+            None
+        );
+        assert_eq!(errs.len(), 2);
+        // Duplicates are 409s.
+        let e = insert_officer(&mut tx, &new_officer("s1"), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(unique_as("an officer")(e), ApiError::Conflict(_)));
+        let e = update_team(
+            &mut tx,
+            2,
+            &TeamPatch {
+                team_ref: Some("alpha".into()),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(unique_as("a team")(e), ApiError::Conflict(_)));
+        let e = insert_supervisee(&mut tx, &new_sup("X-4", "b1"))
+            .await
+            .unwrap_err();
+        assert!(matches!(unique_as("a case")(e), ApiError::Conflict(_)));
+        let e = insert_device(&mut tx, &new_device("tag-1"), t("2026-01-01T00:00:00Z")).await;
+        assert!(e.is_ok());
+        let e = insert_device(&mut tx, &new_device("tag-1"), t("2026-01-01T00:00:00Z"))
+            .await
+            .unwrap_err();
+        assert!(matches!(unique_as("a device")(e), ApiError::Conflict(_)));
+        let t1 = read_team(&mut tx, 1).await.unwrap();
+        assert_eq!(
+            (
+                t1.team_ref.as_str(),
+                t1.supervisor_ref.as_deref(),
+                t1.officers
+            ),
+            ("alpha", Some("s1"), 1)
+        );
+        tx.commit().await.unwrap();
+        let teams = team_page(&db, 0, 10).await.unwrap();
+        assert_eq!(teams.len(), 2);
+        assert_eq!(team_page(&db, 1, 10).await.unwrap()[0].team_ref, "beta");
+    }
+
+    #[tokio::test]
+    async fn devices_list_current_assignment_status_and_revocation() {
+        let (db, _dir) = lite().await;
+        people(&db).await;
+        let now = t("2026-03-01T12:00:00Z");
+        let mut tx = db.begin().await.unwrap();
+        for id in ["tag-1", "tag-2", "Tag-3"] {
+            insert_device(&mut tx, &new_device(id), t("2026-01-01T00:00:00Z"))
+                .await
+                .unwrap();
+        }
+        // tag-1: an ended, the current (from a fractional second) and an
+        // upcoming assignment.
+        for (sid, from, to) in [
+            (1, "2026-01-01T00:00:00Z", Some("2026-02-01T00:00:00Z")),
+            (2, "2026-02-01T00:00:00Z", Some("2026-03-01T12:00:00.25Z")),
+            (3, "2026-03-01T12:00:00.25Z", None),
+        ] {
+            insert_assignment(&mut tx, 1, &assignment(sid, from, to))
+                .await
+                .unwrap();
+        }
+        Q::new(
+            "INSERT INTO device_status (device_key, boot, seq, received_at, battery_pct, firmware) \
+             VALUES ($1, 1, 7, $2, 81, '1.2.3')",
+        )
+        .bind(1_i64)
+        .bind(t("2026-03-01T11:59:00Z"))
+        .execute(&mut tx)
+        .await
+        .unwrap();
+        assert_eq!(set_interval(&mut tx, "tag-2", 30).await.unwrap(), 1);
+        assert_eq!(set_interval(&mut tx, "nope", 30).await.unwrap(), 0);
+        let (key, revoked) = lock_device(&mut tx, "Tag-3").await.unwrap();
+        assert_eq!((key, revoked), (3, None));
+        set_revoked(&mut tx, key, now).await.unwrap();
+        assert!(matches!(
+            lock_device(&mut tx, "nope").await,
+            Err(ApiError::NotFound)
+        ));
+        tx.commit().await.unwrap();
+
+        let all = DeviceQuery::default();
+        let page = device_page(&db, now, 0, &all, 10).await.unwrap();
+        let keys: Vec<i64> = page.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, [1, 2, 3]);
+        let d1 = &page[0].1;
+        let a = d1.current_assignment.as_ref().unwrap();
+        assert_eq!((a.supervisee_id, a.case_ref.as_str()), (2, "ab-2"));
+        assert_eq!(d1.battery_pct, Some(81));
+        assert_eq!(d1.firmware.as_deref(), Some("1.2.3"));
+        assert_eq!(d1.last_status_at, Some(t("2026-03-01T11:59:00Z")));
+        assert_eq!(page[1].1.report_interval_s, 30);
+        assert!(page[1].1.current_assignment.is_none());
+        assert_eq!(page[2].1.revoked_at, Some(now));
+        // A quarter second later the next assignment is in force.
+        let later = t("2026-03-01T12:00:00.25Z");
+        let page = device_page(&db, later, 0, &all, 1).await.unwrap();
+        let a = page[0].1.current_assignment.as_ref().unwrap();
+        assert_eq!((a.supervisee_id, a.valid_to), (3, None));
+        // Filters: case-sensitive prefix; revoked or not.
+        let q = DeviceQuery {
+            q: Some("tag".into()),
+            ..Default::default()
+        };
+        let page = device_page(&db, now, 0, &q, 10).await.unwrap();
+        assert_eq!(page.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [1, 2]);
+        let q = DeviceQuery {
+            revoked: Some(true),
+            ..Default::default()
+        };
+        let page = device_page(&db, now, 0, &q, 10).await.unwrap();
+        assert_eq!(page.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [3]);
+        let q = DeviceQuery {
+            revoked: Some(false),
+            ..Default::default()
+        };
+        let page = device_page(&db, now, 1, &q, 10).await.unwrap();
+        assert_eq!(page.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [2]);
+
+        let d = read_device(&db, "tag-1", now).await.unwrap();
+        let order: Vec<i64> = d.assignments.iter().map(|a| a.supervisee_id).collect();
+        assert_eq!(order, [3, 2, 1]);
+        assert_eq!(d.device.current_assignment.unwrap().supervisee_id, 2);
+        assert!(matches!(
+            read_device(&db, "nope", now).await,
+            Err(ApiError::NotFound)
+        ));
+    }
+
+    #[tokio::test]
+    async fn assignments_clash_end_and_keep_history() {
+        let (db, _dir) = lite().await;
+        people(&db).await;
+        let mut tx = db.begin().await.unwrap();
+        insert_device(&mut tx, &new_device("tag-1"), t("2026-01-01T00:00:00Z"))
+            .await
+            .unwrap();
+        assert!(supervisee_exists(&mut tx, 1).await.unwrap());
+        assert!(!supervisee_exists(&mut tx, 99).await.unwrap());
+        let first = assignment(1, "2026-01-01T00:00:00Z", Some("2026-02-01T00:00:00Z"));
+        let aid = insert_assignment(&mut tx, 1, &first).await.unwrap();
+        let clash = |from: &'static str, to: Option<&'static str>| (from, to);
+        // Half-open periods: touching ends do not clash; NULL is no end.
+        for ((from, to), hit) in [
+            (clash("2026-02-01T00:00:00Z", None), false),
+            (
+                clash("2025-12-01T00:00:00Z", Some("2026-01-01T00:00:00Z")),
+                false,
+            ),
+            (clash("2026-01-31T23:59:59.5Z", None), true),
+            (
+                clash("2025-12-01T00:00:00Z", Some("2026-01-01T00:00:00.001Z")),
+                true,
+            ),
+            (clash("2025-12-01T00:00:00Z", None), true),
+            (
+                clash("2026-01-10T00:00:00Z", Some("2026-01-11T00:00:00Z")),
+                true,
+            ),
+        ] {
+            let c = assignment_clash(&mut tx, 1, t(from), to.map(t))
+                .await
+                .unwrap();
+            assert_eq!(c.is_some(), hit, "{from} {to:?}");
+            if let Some(c) = c {
+                assert_eq!((c.assignment_id, c.supervisee_id), (aid, 1));
+                assert_eq!(c.valid_from, t("2026-01-01T00:00:00Z"));
+                assert_eq!(c.valid_to, Some(t("2026-02-01T00:00:00Z")));
+            }
+        }
+        // The schema's own overlap check is what assign_device maps to 409.
+        let e = insert_assignment(&mut tx, 1, &assignment(2, "2026-01-15T00:00:00Z", None))
+            .await
+            .unwrap_err();
+        assert_eq!(sql::violation(&e), Some(Violation::Unique));
+        let second = assignment(2, "2026-02-01T00:00:00Z", None);
+        let aid2 = insert_assignment(&mut tx, 1, &second).await.unwrap();
+        assert_eq!(
+            worn_assignment(&mut tx, 1, t("2026-03-01T00:00:00Z"))
+                .await
+                .unwrap(),
+            Some(aid2)
+        );
+
+        let locked = lock_assignment(&mut tx, "tag-1", aid2).await.unwrap();
+        assert_eq!(locked, Some((2, t("2026-02-01T00:00:00Z"), None, 1)));
+        assert_eq!(lock_assignment(&mut tx, "other", aid2).await.unwrap(), None);
+        set_assignment_end(&mut tx, aid2, t("2026-03-01T00:00:00Z"))
+            .await
+            .unwrap();
+        assert_eq!(
+            worn_assignment(&mut tx, 1, t("2026-03-01T00:00:00Z"))
+                .await
+                .unwrap(),
+            None
+        );
+
+        // A fix stored with a fractional second, as ingest writes it.
+        Q::new(
+            "INSERT INTO fixes (device_key, fix_time, boot, seq, idx, received_at, lat, lon, \
+             acc_m, src) VALUES ($1, $2, 1, 1, 0, $2, 51.5, -0.1, 5, 'gnss')",
+        )
+        .bind(1_i64)
+        .bind(t("2026-02-20T10:00:00.123456Z"))
+        .execute(&mut tx)
+        .await
+        .unwrap();
+        let fix = t("2026-02-20T10:00:00.123456Z");
+        assert_eq!(
+            newest_fix_from(&mut tx, 1, t("2026-02-20T10:00:00Z"))
+                .await
+                .unwrap(),
+            Some(fix)
+        );
+        assert_eq!(newest_fix_from(&mut tx, 1, fix).await.unwrap(), Some(fix));
+        assert_eq!(
+            newest_fix_from(&mut tx, 1, t("2026-02-20T10:00:00.124Z"))
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(matches!(
+            keep_history(&mut tx, 1, t("2026-02-01T00:00:00Z"), "at").await,
+            Err(ApiError::Validation(_))
+        ));
+        keep_history(&mut tx, 1, t("2026-02-21T00:00:00Z"), "at")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn pairings_upsert_reopen_and_end() {
+        let (db, _dir) = lite().await;
+        people(&db).await;
+        let now = t("2026-03-01T12:00:00Z");
+        let mut tx = db.begin().await.unwrap();
+        insert_device(&mut tx, &new_device("victim-1"), now)
+            .await
+            .unwrap();
+        let p = NewPairing {
+            supervisee_id: 1,
+            enter_m: 500.0,
+            exit_m: 750.0,
+        };
+        let pid = upsert_pairing(&mut tx, 1, &p).await.unwrap();
+        assert_eq!(open_pairing_of(&mut tx, 1).await.unwrap(), Some(pid));
+        assert_eq!(
+            lock_pairing(&mut tx, "victim-1", pid).await.unwrap(),
+            Some((1, None))
+        );
+        assert_eq!(lock_pairing(&mut tx, "other", pid).await.unwrap(), None);
+        set_pairing_end(&mut tx, pid, now).await.unwrap();
+        assert_eq!(open_pairing_of(&mut tx, 1).await.unwrap(), None);
+        assert_eq!(
+            lock_pairing(&mut tx, "victim-1", pid).await.unwrap(),
+            Some((1, Some(now)))
+        );
+        // Pairing the same two again: same pairing, new distances, reopened.
+        let again = NewPairing {
+            enter_m: 100.0,
+            exit_m: 150.5,
+            ..p
+        };
+        assert_eq!(upsert_pairing(&mut tx, 1, &again).await.unwrap(), pid);
+        let other = NewPairing {
+            supervisee_id: 2,
+            ..p
+        };
+        let pid2 = upsert_pairing(&mut tx, 1, &other).await.unwrap();
+        assert_ne!(pid2, pid);
+        tx.commit().await.unwrap();
+        let d = read_device(&db, "victim-1", now).await.unwrap();
+        let got: Vec<_> = d
+            .pairings
+            .iter()
+            .map(|p| {
+                (
+                    p.pairing_id,
+                    p.supervisee_id,
+                    p.case_ref.as_str(),
+                    p.enter_m,
+                    p.exit_m,
+                    p.ended_at,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (pid, 1, "AB-1", 100.0, 150.5, None),
+                (pid2, 2, "ab-2", 500.0, 750.0, None)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn audit_record_commits_with_the_change() {
+        let (db, _dir) = lite().await;
+        people(&db).await;
+        let now = t("2026-03-01T12:00:00Z");
+        let mut tx = db.begin().await.unwrap();
+        let id = insert_supervisee(&mut tx, &new_sup("C-9", "a1"))
+            .await
+            .unwrap();
+        audit::record(
+            &mut tx,
+            &admin(),
+            &AuditReason(None),
+            now,
+            Entry::supervisee("supervisee.create", id).with(json!({"case_ref": "C-9"})),
+        )
+        .await
+        .unwrap();
+        let d = read_supervisee(&mut tx, &admin(), id, now).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(d.supervisee.case_ref, "C-9");
+        assert_eq!(audit::count(&db, "supervisee.create").await.unwrap(), 1);
+    }
+}
