@@ -6,8 +6,14 @@
 //! auditors: none); one outside the caller's scope is answered exactly like
 //! one that does not exist. Everything else here is configuration, changed
 //! by admins only, and every change is audited in the transaction that
-//! makes it. Running servers learn of changes through the configuration
-//! NOTIFY triggers (migrations 0001/0002), so nothing here talks to them.
+//! makes it. Running servers learn of changes through the schema's own
+//! triggers (PostgreSQL: configuration NOTIFYs, migrations 0001/0002;
+//! SQLite: the polled config_version counters), so nothing here talks to
+//! them.
+//!
+//! Statements run on PostgreSQL or SQLite through [`crate::store::sql`];
+//! the few that differ (LATERAL, starts_with, range overlap, FOR UPDATE OF)
+//! carry both texts.
 //!
 //! Victims are never identified here: a supervisee's record says only how
 //! many victim devices are paired with them.
@@ -1159,6 +1165,8 @@ pub struct Device {
     pub current_assignment: Option<Assignment>,
 }
 
+/// A device with its status and the assignment in force at `$1`
+/// (PostgreSQL).
 const DEVICE_SQL: &str = "SELECT d.device_key, d.device_id, d.enrolled_at, d.revoked_at, \
      d.report_interval_s, st.received_at AS last_status_at, st.battery_pct, st.firmware, \
      a.assignment_id, a.supervisee_id, s.case_ref, a.valid_from, a.valid_to \
