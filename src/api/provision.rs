@@ -17,6 +17,7 @@ use super::error::{ApiError, StdErrors};
 use super::ApiState;
 use crate::scenario::{LoadReport, Scenario, ScenarioError};
 use crate::store::postgres::PgStore;
+use crate::store::sql::Db;
 use crate::store::Store;
 
 /// Largest provisioning document: a 100,000-person fleet is ~40 MB.
@@ -70,11 +71,12 @@ pub async fn load_scenario(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("scenario check failed: {e}")))??;
-    let report = PgStore::from_pool(st.pool.clone())
-        .apply_scenario(&scenario, &who.actor())
-        .await?;
-    audit::record_pg(
-        &st.pool,
+    let report = apply(&st.db, &scenario, &who.actor()).await?;
+    // After the load's own transaction, as before: the loader is the
+    // store's (shared with `waypoint scenario load`) and commits itself.
+    let mut tx = st.db.begin().await?;
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         st.clock.now(),
@@ -85,7 +87,25 @@ pub async fn load_scenario(
         ),
     )
     .await?;
+    tx.commit().await?;
     Ok((StatusCode::OK, Json(report)))
+}
+
+/// Applies a validated document with the backend's own loader
+/// ([`Store::apply_scenario`]), the one the CLI uses, so both paths load
+/// files identically.
+async fn apply(db: &Db, scenario: &Scenario, actor: &str) -> Result<LoadReport, ApiError> {
+    match db {
+        Db::Pg(pool) => Ok(PgStore::from_pool(pool.clone())
+            .apply_scenario(scenario, actor)
+            .await?),
+        // The SQLite store's loader (SqliteStore::apply_scenario) is being
+        // written beside this module; until it is wired here the endpoint
+        // refuses rather than loading half a document another way.
+        Db::Lite(_) => Err(ApiError::Internal(
+            "provisioning through the API is not available on SQLite yet".into(),
+        )),
+    }
 }
 
 /// Routes of this module (with their own, larger body limit).

@@ -22,8 +22,6 @@ use axum::Json;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Row};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -31,11 +29,21 @@ use utoipa_axum::routes;
 use super::audit::{self, AuditReason, Entry};
 use super::auth::{Principal, Role, ADMIN};
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, FieldError, StdErrors};
-use super::people::{check_text, unique_as, READERS};
+use super::people::{check_text, READERS};
 use super::{done, id_cursor, limit_of, paginate, ApiState, Page};
 use crate::geofence::Shape;
 use crate::rules::schedule::Schedule;
 use crate::scenario::ROLES;
+use crate::store::sql::{self, Db, DbRow, On, Tx, Violation, Q};
+
+/// A unique-key refusal as a 409 naming `what`, on either backend (the
+/// other refusals keep [`ApiError`]'s generic mapping).
+fn unique_as(what: &str) -> impl FnOnce(sqlx::Error) -> ApiError + '_ {
+    move |e| match sql::violation(&e) {
+        Some(Violation::Unique) => ApiError::Conflict(format!("{what} already exists")),
+        _ => e.into(),
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Geometry validation.
@@ -87,7 +95,7 @@ pub struct ZoneSummary {
 const ZONE_COLS: &str = "z.zone_id, z.zone_ref, z.name, z.list_ref, z.current_version, \
      z.retired_at, v.geojson->'geometry'->>'type' AS geometry_type";
 
-fn zone_summary(r: &PgRow) -> ZoneSummary {
+fn zone_summary(r: &DbRow) -> ZoneSummary {
     ZoneSummary {
         zone_id: r.get("zone_id"),
         zone_ref: r.get("zone_ref"),
@@ -164,8 +172,8 @@ const FEATURE_SQL: &str = "SELECT z.zone_id, z.zone_ref, z.name, z.list_ref, z.c
      z.retired_at, v.version, v.geojson, v.created_at, v.created_by \
      FROM zones z JOIN zone_versions v ON v.zone_id = z.zone_id";
 
-fn feature(r: &PgRow) -> ZoneFeature {
-    let g: Value = r.get("geojson");
+fn feature(r: &DbRow) -> ZoneFeature {
+    let g = r.json("geojson");
     let prop = |k: &str| {
         g.get("properties")
             .and_then(|p| p.get(k))
@@ -193,8 +201,8 @@ fn feature(r: &PgRow) -> ZoneFeature {
 }
 
 /// A version of a zone the caller may see (`None`: the current one).
-async fn read_feature(
-    conn: &mut PgConnection,
+async fn read_feature<'e>(
+    on: impl Into<On<'e>>,
     who: &Principal,
     zone_id: i64,
     version: Option<i32>,
@@ -204,11 +212,11 @@ async fn read_feature(
            AND {}",
         zone_scope(who)
     );
-    let r = sqlx::query(&sql)
+    let r = Q::new(sql)
         .bind(who.scope_param())
         .bind(zone_id)
         .bind(version)
-        .fetch_optional(conn)
+        .fetch_optional(on)
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(feature(&r))
@@ -254,29 +262,45 @@ pub async fn list_zones(
         errs.push(FieldError::new("q", "longer than 128 characters"));
     }
     done(errs)?;
-    let sql = format!(
-        "SELECT {ZONE_COLS} FROM zones z \
-         JOIN zone_versions v ON v.zone_id = z.zone_id AND v.version = z.current_version \
-         WHERE {} AND z.zone_id > $2 AND ($3::text IS NULL OR z.list_ref = $3) \
-           AND ($4::text IS NULL OR starts_with(z.zone_ref, $4)) \
-           AND ($5::boolean IS NULL OR (z.retired_at IS NOT NULL) = $5) \
-         ORDER BY z.zone_id LIMIT $6",
-        zone_scope(&who)
-    );
-    let mut items: Vec<ZoneSummary> = sqlx::query(&sql)
+    let mut items = zone_page(&st.db, &who, after, &q, limit + 1).await?;
+    let next_cursor = paginate(&mut items, limit, |z| z.zone_id);
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// Up to `limit` zones after id `after` that `who` may see, filtered by `q`.
+async fn zone_page(
+    db: &Db,
+    who: &Principal,
+    after: i64,
+    q: &ZoneQuery,
+    limit: i64,
+) -> Result<Vec<ZoneSummary>, ApiError> {
+    let text = |prefix_match: &str| {
+        format!(
+            "SELECT {ZONE_COLS} FROM zones z \
+             JOIN zone_versions v ON v.zone_id = z.zone_id AND v.version = z.current_version \
+             WHERE {} AND z.zone_id > $2 AND ($3::text IS NULL OR z.list_ref = $3) \
+               AND ($4::text IS NULL OR {prefix_match}) \
+               AND ($5::boolean IS NULL OR (z.retired_at IS NOT NULL) = $5) \
+             ORDER BY z.zone_id LIMIT $6",
+            zone_scope(who)
+        )
+    };
+    // SQLite has no starts_with; comparing the leading characters keeps it
+    // case-sensitive and free of LIKE/GLOB wildcards in the prefix.
+    let lite = sql::to_sqlite(&text("substr(z.zone_ref, 1, length($4)) = $4")).into_owned();
+    Ok(Q::split(text("starts_with(z.zone_ref, $4)"), lite)
         .bind(who.scope_param())
         .bind(after)
         .bind(&q.list_ref)
         .bind(&q.q)
         .bind(q.retired)
-        .bind(limit + 1)
-        .fetch_all(&st.pool)
+        .bind(limit)
+        .fetch_all(db)
         .await?
         .iter()
         .map(zone_summary)
-        .collect();
-    let next_cursor = paginate(&mut items, limit, |z| z.zone_id);
-    Ok(Json(Page { items, next_cursor }))
+        .collect())
 }
 
 /// Reads a zone version and audits the read (exclusion zones can reveal
@@ -288,10 +312,10 @@ async fn audited_feature(
     zone_id: i64,
     version: Option<i32>,
 ) -> Result<ZoneFeature, ApiError> {
-    let mut tx = st.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let f = read_feature(&mut tx, who, zone_id, version).await?;
-    audit::record_pg(
-        &mut *tx,
+    audit::record(
+        &mut tx,
         who,
         reason,
         st.clock.now(),
@@ -357,26 +381,34 @@ pub async fn list_versions(
     ApiPath(zone_id): ApiPath<i64>,
 ) -> Result<Json<Vec<ZoneVersion>>, ApiError> {
     who.require(READERS)?;
-    let mut conn = st.pool.acquire().await?;
-    let visible: bool = sqlx::query_scalar(&format!(
+    Ok(Json(zone_versions(&st.db, &who, zone_id).await?))
+}
+
+/// The versions of a zone `who` may see (404 otherwise).
+async fn zone_versions(
+    db: &Db,
+    who: &Principal,
+    zone_id: i64,
+) -> Result<Vec<ZoneVersion>, ApiError> {
+    let visible: bool = Q::new(format!(
         "SELECT EXISTS (SELECT 1 FROM zones z WHERE z.zone_id = $2 AND {})",
-        zone_scope(&who)
+        zone_scope(who)
     ))
     .bind(who.scope_param())
     .bind(zone_id)
-    .fetch_one(&mut *conn)
+    .scalar(db)
     .await?;
     if !visible {
         return Err(ApiError::NotFound);
     }
-    let items = sqlx::query(
+    Ok(Q::new(
         "SELECT v.version, v.created_at, v.created_by, v.version = z.current_version AS current, \
            v.geojson->'geometry'->>'type' AS geometry_type \
          FROM zone_versions v JOIN zones z ON z.zone_id = v.zone_id \
          WHERE v.zone_id = $1 ORDER BY v.version LIMIT 10000",
     )
     .bind(zone_id)
-    .fetch_all(&mut *conn)
+    .fetch_all(db)
     .await?
     .iter()
     .map(|r| ZoneVersion {
@@ -386,8 +418,7 @@ pub async fn list_versions(
         current: r.get("current"),
         geometry_type: r.get("geometry_type"),
     })
-    .collect();
-    Ok(Json(items))
+    .collect())
 }
 
 /// One version of a zone as a GeoJSON Feature (e.g. the outline in force
@@ -465,28 +496,19 @@ pub async fn create_zone(
         return Err(ApiError::field("geojson", "invalid"));
     };
     let now = st.clock.now();
-    let mut tx = st.pool.begin().await?;
-    let zone_id: i64 = sqlx::query_scalar(
-        "INSERT INTO zones (zone_ref, name, list_ref) VALUES ($1, $2, $3) RETURNING zone_id",
+    let mut tx = st.db.begin().await?;
+    let zone_id = insert_zone(
+        &mut tx,
+        &b.zone_ref,
+        &b.name,
+        b.list_ref.as_deref(),
+        geojson,
+        now,
+        &who.actor(),
     )
-    .bind(&b.zone_ref)
-    .bind(&b.name)
-    .bind(&b.list_ref)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(unique_as("a zone with this zone_ref"))?;
-    sqlx::query(
-        "INSERT INTO zone_versions (zone_id, version, geojson, created_at, created_by) \
-         VALUES ($1, 1, $2, $3, $4)",
-    )
-    .bind(zone_id)
-    .bind(&geojson)
-    .bind(now)
-    .bind(who.actor())
-    .execute(&mut *tx)
     .await?;
-    audit::record_pg(
-        &mut *tx,
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -501,6 +523,38 @@ pub async fn create_zone(
     let f = read_feature(&mut tx, &who, zone_id, None).await?;
     tx.commit().await?;
     Ok(Json(f))
+}
+
+/// Writes a new zone and its version 1.
+async fn insert_zone(
+    tx: &mut Tx,
+    zone_ref: &str,
+    name: &str,
+    list_ref: Option<&str>,
+    geojson: Value,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<i64, ApiError> {
+    let zone_id: i64 = Q::new(
+        "INSERT INTO zones (zone_ref, name, list_ref) VALUES ($1, $2, $3) RETURNING zone_id",
+    )
+    .bind(zone_ref)
+    .bind(name)
+    .bind(list_ref)
+    .scalar(&mut *tx)
+    .await
+    .map_err(unique_as("a zone with this zone_ref"))?;
+    Q::new(
+        "INSERT INTO zone_versions (zone_id, version, geojson, created_at, created_by) \
+         VALUES ($1, 1, $2, $3, $4)",
+    )
+    .bind(zone_id)
+    .bind(geojson)
+    .bind(now)
+    .bind(actor)
+    .execute(tx)
+    .await?;
+    Ok(zone_id)
 }
 
 /// A zone's new geometry.
@@ -541,21 +595,10 @@ pub async fn put_geometry(
         return Err(ApiError::field("geojson", "invalid"));
     };
     let now = st.clock.now();
-    let mut tx = st.pool.begin().await?;
-    let r = sqlx::query(
-        "SELECT z.current_version, z.retired_at, v.geojson = $2 AS same FROM zones z \
-         JOIN zone_versions v ON v.zone_id = z.zone_id AND v.version = z.current_version \
-         WHERE z.zone_id = $1 FOR UPDATE OF z",
-    )
-    .bind(zone_id)
-    .bind(&geojson)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(ApiError::NotFound)?;
-    // Compared in the database (exact numerics): a round trip through f64
-    // text parsing may move a coordinate by one ulp.
-    let (current, retired, same): (i32, Option<DateTime<Utc>>, bool) =
-        (r.get(0), r.get(1), r.get(2));
+    let mut tx = st.db.begin().await?;
+    let (current, retired, same) = current_geometry(&mut tx, zone_id, &geojson)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     if retired.is_some() {
         return Err(ApiError::Conflict(format!(
             "zone {zone_id} is retired; its geometry can no longer change"
@@ -563,24 +606,24 @@ pub async fn put_geometry(
     }
     if !same {
         let version = current + 1;
-        sqlx::query(
+        Q::new(
             "INSERT INTO zone_versions (zone_id, version, geojson, created_at, created_by) \
              VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(zone_id)
         .bind(version)
-        .bind(&geojson)
+        .bind(geojson)
         .bind(now)
         .bind(who.actor())
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
-        sqlx::query("UPDATE zones SET current_version = $2 WHERE zone_id = $1")
+        Q::new("UPDATE zones SET current_version = $2 WHERE zone_id = $1")
             .bind(zone_id)
             .bind(version)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
-        audit::record_pg(
-            &mut *tx,
+        audit::record(
+            &mut tx,
             &who,
             &reason,
             now,
@@ -596,6 +639,34 @@ pub async fn put_geometry(
     let f = read_feature(&mut tx, &who, zone_id, None).await?;
     tx.commit().await?;
     Ok(Json(f))
+}
+
+/// A zone's current version, retirement, and whether `geojson` equals the
+/// current geometry; the zone row is locked for the new version (SQLite's
+/// single writer serialises the transaction already).
+async fn current_geometry(
+    tx: &mut Tx,
+    zone_id: i64,
+    geojson: &Value,
+) -> Result<Option<(i32, Option<DateTime<Utc>>, bool)>, ApiError> {
+    // Compared in the database (exact numerics): a round trip through f64
+    // text parsing may move a coordinate by one ulp. SQLite keeps JSON as
+    // text; json() on both sides makes the comparison independent of the
+    // whitespace the row was written with (serde_json sorts keys, so equal
+    // canonical geometries have equal text).
+    let r = Q::split(
+        "SELECT z.current_version, z.retired_at, v.geojson = $2 AS same FROM zones z \
+         JOIN zone_versions v ON v.zone_id = z.zone_id AND v.version = z.current_version \
+         WHERE z.zone_id = $1 FOR UPDATE OF z",
+        "SELECT z.current_version, z.retired_at, json(v.geojson) = json($2) AS same FROM zones z \
+         JOIN zone_versions v ON v.zone_id = z.zone_id AND v.version = z.current_version \
+         WHERE z.zone_id = $1",
+    )
+    .bind(zone_id)
+    .bind(geojson.clone())
+    .fetch_optional(tx)
+    .await?;
+    Ok(r.map(|r| (r.get("current_version"), r.get("retired_at"), r.get("same"))))
 }
 
 /// Retires a zone (admins): it is no longer evaluated. Refused (409) while
@@ -616,11 +687,11 @@ pub async fn retire_zone(
 ) -> Result<Json<ZoneFeature>, ApiError> {
     who.require(ADMIN)?;
     let now = st.clock.now();
-    let mut tx = st.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let retired: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT retired_at FROM zones WHERE zone_id = $1 FOR UPDATE")
+        Q::new("SELECT retired_at FROM zones WHERE zone_id = $1 FOR UPDATE")
             .bind(zone_id)
-            .fetch_optional(&mut *tx)
+            .scalar_opt(&mut tx)
             .await?
             .ok_or(ApiError::NotFound)?;
     if let Some(at) = retired {
@@ -629,25 +700,28 @@ pub async fn retire_zone(
             at.to_rfc3339()
         )));
     }
-    let users: Vec<i64> = sqlx::query_scalar(
+    let users: Vec<i64> = Q::new(
         "SELECT rule_id FROM rules WHERE zone_id = $1 AND retired_at IS NULL ORDER BY rule_id \
          LIMIT 20",
     )
     .bind(zone_id)
-    .fetch_all(&mut *tx)
-    .await?;
+    .fetch_all(&mut tx)
+    .await?
+    .iter()
+    .map(|r| r.get("rule_id"))
+    .collect();
     if !users.is_empty() {
         return Err(ApiError::Conflict(format!(
             "zone {zone_id} is used by live rules {users:?}; retire them first"
         )));
     }
-    sqlx::query("UPDATE zones SET retired_at = $2 WHERE zone_id = $1")
+    Q::new("UPDATE zones SET retired_at = $2 WHERE zone_id = $1")
         .bind(zone_id)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
-    audit::record_pg(
-        &mut *tx,
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -710,16 +784,14 @@ const RULE_SQL: &str = "SELECT r.rule_id, r.supervisee_id, r.role, r.list_ref, r
      z.current_version, z.retired_at AS zone_retired_at \
      FROM rules r LEFT JOIN zones z ON z.zone_id = r.zone_id";
 
-fn rule_row(r: &PgRow) -> RuleOut {
+fn rule_row(r: &DbRow) -> RuleOut {
     let retired_at: Option<DateTime<Utc>> = r.get("retired_at");
-    let zone = r.get::<Option<i64>, _>("zone_id").map(|zone_id| RuleZone {
+    let zone = r.get::<Option<i64>>("zone_id").map(|zone_id| RuleZone {
         zone_id,
         zone_ref: r.get("zone_ref"),
         name: r.get("name"),
         current_version: r.get("current_version"),
-        retired: r
-            .get::<Option<DateTime<Utc>>, _>("zone_retired_at")
-            .is_some(),
+        retired: r.get::<Option<DateTime<Utc>>>("zone_retired_at").is_some(),
     });
     RuleOut {
         rule_id: r.get("rule_id"),
@@ -727,7 +799,7 @@ fn rule_row(r: &PgRow) -> RuleOut {
         role: r.get("role"),
         zone,
         list_ref: r.get("list_ref"),
-        schedule: r.get("schedule"),
+        schedule: r.json_opt("schedule"),
         confirm_fixes: r.get("confirm_fixes"),
         grace_s: r.get("grace_s"),
         retired: retired_at.is_some(),
@@ -735,10 +807,10 @@ fn rule_row(r: &PgRow) -> RuleOut {
     }
 }
 
-async fn read_rule(conn: &mut PgConnection, rule_id: i64) -> Result<RuleOut, ApiError> {
-    let r = sqlx::query(&format!("{RULE_SQL} WHERE r.rule_id = $1"))
+async fn read_rule<'e>(on: impl Into<On<'e>>, rule_id: i64) -> Result<RuleOut, ApiError> {
+    let r = Q::new(format!("{RULE_SQL} WHERE r.rule_id = $1"))
         .bind(rule_id)
-        .fetch_optional(conn)
+        .fetch_optional(on)
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(rule_row(&r))
@@ -760,17 +832,21 @@ pub async fn list_rules(
 ) -> Result<Json<Vec<RuleOut>>, ApiError> {
     who.require(READERS)?;
     who.must_see(&st.db, id).await?;
-    let items = sqlx::query(&format!(
+    Ok(Json(rules_of(&st.db, id).await?))
+}
+
+/// A supervisee's rules, live ones first.
+async fn rules_of(db: &Db, supervisee_id: i64) -> Result<Vec<RuleOut>, ApiError> {
+    Ok(Q::new(format!(
         "{RULE_SQL} WHERE r.supervisee_id = $1 \
          ORDER BY r.retired_at IS NOT NULL, r.rule_id LIMIT 1000"
     ))
-    .bind(id)
-    .fetch_all(&st.pool)
+    .bind(supervisee_id)
+    .fetch_all(db)
     .await?
     .iter()
     .map(rule_row)
-    .collect();
-    Ok(Json(items))
+    .collect())
 }
 
 /// A new rule.
@@ -863,20 +939,19 @@ pub async fn create_rule(
         errs.push(FieldError::new("grace_s", "must be 0..=86400"));
     }
     let now = st.clock.now();
-    let mut tx = st.pool.begin().await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM supervisees WHERE supervisee_id = $1)")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+    let mut tx = st.db.begin().await?;
+    let exists: bool = Q::new("SELECT EXISTS (SELECT 1 FROM supervisees WHERE supervisee_id = $1)")
+        .bind(id)
+        .scalar(&mut tx)
+        .await?;
     if !exists {
         return Err(ApiError::NotFound);
     }
     if let Some(z) = b.zone_id {
         let retired: Option<Option<DateTime<Utc>>> =
-            sqlx::query_scalar("SELECT retired_at FROM zones WHERE zone_id = $1")
+            Q::new("SELECT retired_at FROM zones WHERE zone_id = $1")
                 .bind(z)
-                .fetch_optional(&mut *tx)
+                .scalar_opt(&mut tx)
                 .await?;
         match retired {
             None => errs.push(FieldError::new("zone_id", "no zone has this id")),
@@ -885,11 +960,11 @@ pub async fn create_rule(
         }
     }
     if let (None, Some(l)) = (b.zone_id, &b.list_ref) {
-        let any: bool = sqlx::query_scalar(
+        let any: bool = Q::new(
             "SELECT EXISTS (SELECT 1 FROM zones WHERE list_ref = $1 AND retired_at IS NULL)",
         )
         .bind(l)
-        .fetch_one(&mut *tx)
+        .scalar(&mut tx)
         .await?;
         if !any {
             errs.push(FieldError::new(
@@ -900,7 +975,8 @@ pub async fn create_rule(
     }
     done(errs)?;
     // One rule per (supervisee, role, target) by schema: reuse a retired one.
-    let existing = sqlx::query(
+    // IS NOT DISTINCT FROM: SQLite has it since 3.39 (the bundled one is 3.46).
+    let existing = Q::new(
         "SELECT rule_id, retired_at FROM rules WHERE supervisee_id = $1 AND role = $2 \
          AND zone_id IS NOT DISTINCT FROM $3 AND list_ref IS NOT DISTINCT FROM $4 FOR UPDATE",
     )
@@ -908,33 +984,34 @@ pub async fn create_rule(
     .bind(&b.role)
     .bind(b.zone_id)
     .bind(&b.list_ref)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut tx)
     .await?;
     let (rule_id, revived) = match existing {
-        Some(r) if r.get::<Option<DateTime<Utc>>, _>("retired_at").is_none() => {
+        Some(r) if r.get::<Option<DateTime<Utc>>>("retired_at").is_none() => {
             return Err(ApiError::Conflict(format!(
                 "rule {} already applies this role and target to the supervisee; \
                  retire it first to replace it",
-                r.get::<i64, _>("rule_id")
+                r.get::<i64>("rule_id")
             )));
         }
         Some(r) => {
             let rid: i64 = r.get("rule_id");
-            sqlx::query(
+            // now(): the same clock as the column's default on insert.
+            Q::new(
                 "UPDATE rules SET schedule = $2, confirm_fixes = COALESCE($3, 2), \
                    grace_s = COALESCE($4, 60), retired_at = NULL, created_at = now() \
                  WHERE rule_id = $1",
             )
             .bind(rid)
-            .bind(&schedule)
+            .bind(schedule.clone())
             .bind(b.confirm_fixes)
             .bind(b.grace_s)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
             (rid, true)
         }
         None => {
-            let rid: i64 = sqlx::query_scalar(
+            let rid: i64 = Q::new(
                 "INSERT INTO rules (supervisee_id, role, zone_id, list_ref, schedule, \
                    confirm_fixes, grace_s) \
                  VALUES ($1, $2, $3, $4, $5, COALESCE($6, 2), COALESCE($7, 60)) RETURNING rule_id",
@@ -943,17 +1020,17 @@ pub async fn create_rule(
             .bind(&b.role)
             .bind(b.zone_id)
             .bind(&b.list_ref)
-            .bind(&schedule)
+            .bind(schedule.clone())
             .bind(b.confirm_fixes)
             .bind(b.grace_s)
-            .fetch_one(&mut *tx)
+            .scalar(&mut tx)
             .await
             .map_err(unique_as("a rule with this role and target"))?;
             (rid, false)
         }
     };
-    audit::record_pg(
-        &mut *tx,
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -989,28 +1066,27 @@ pub async fn retire_rule(
 ) -> Result<Json<RuleOut>, ApiError> {
     who.require(ADMIN)?;
     let now = st.clock.now();
-    let mut tx = st.pool.begin().await?;
-    let retired: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "SELECT retired_at FROM rules WHERE rule_id = $1 AND supervisee_id = $2 FOR UPDATE",
-    )
-    .bind(rule_id)
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(ApiError::NotFound)?;
+    let mut tx = st.db.begin().await?;
+    let retired: Option<DateTime<Utc>> =
+        Q::new("SELECT retired_at FROM rules WHERE rule_id = $1 AND supervisee_id = $2 FOR UPDATE")
+            .bind(rule_id)
+            .bind(id)
+            .scalar_opt(&mut tx)
+            .await?
+            .ok_or(ApiError::NotFound)?;
     if let Some(at) = retired {
         return Err(ApiError::Conflict(format!(
             "rule {rule_id} was already retired at {}",
             at.to_rfc3339()
         )));
     }
-    sqlx::query("UPDATE rules SET retired_at = $2 WHERE rule_id = $1")
+    Q::new("UPDATE rules SET retired_at = $2 WHERE rule_id = $1")
         .bind(rule_id)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
-    audit::record_pg(
-        &mut *tx,
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -1057,7 +1133,7 @@ const EXCEPTION_SQL: &str = "SELECT e.exception_id, e.supervisee_id, e.rule_id, 
      e.ends_at, e.reason, e.created_by, e.created_at, e.cancelled_at, e.cancelled_by \
      FROM rule_exceptions e";
 
-fn exception_row(r: &PgRow, now: DateTime<Utc>) -> ExceptionOut {
+fn exception_row(r: &DbRow, now: DateTime<Utc>) -> ExceptionOut {
     let starts_at: DateTime<Utc> = r.get("starts_at");
     let ends_at: DateTime<Utc> = r.get("ends_at");
     let cancelled_at: Option<DateTime<Utc>> = r.get("cancelled_at");
@@ -1085,14 +1161,14 @@ fn exception_row(r: &PgRow, now: DateTime<Utc>) -> ExceptionOut {
     }
 }
 
-async fn read_exception(
-    conn: &mut PgConnection,
+async fn read_exception<'e>(
+    on: impl Into<On<'e>>,
     exception_id: i64,
     now: DateTime<Utc>,
 ) -> Result<ExceptionOut, ApiError> {
-    let r = sqlx::query(&format!("{EXCEPTION_SQL} WHERE e.exception_id = $1"))
+    let r = Q::new(format!("{EXCEPTION_SQL} WHERE e.exception_id = $1"))
         .bind(exception_id)
-        .fetch_optional(conn)
+        .fetch_optional(on)
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(exception_row(&r, now))
@@ -1130,21 +1206,32 @@ pub async fn list_exceptions(
     let limit = limit_of(q.limit, 100, 500, &mut errs);
     done(errs)?;
     who.must_see(&st.db, id).await?;
-    let now = st.clock.now();
-    let mut items: Vec<ExceptionOut> = sqlx::query(&format!(
+    let mut items = exceptions_of(&st.db, id, before, limit + 1, st.clock.now()).await?;
+    let next_cursor = paginate(&mut items, limit, |e| e.exception_id);
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// Up to `limit` of a supervisee's exceptions with ids below `before`,
+/// newest first, with their status at `now`.
+async fn exceptions_of(
+    db: &Db,
+    supervisee_id: i64,
+    before: i64,
+    limit: i64,
+    now: DateTime<Utc>,
+) -> Result<Vec<ExceptionOut>, ApiError> {
+    Ok(Q::new(format!(
         "{EXCEPTION_SQL} WHERE e.supervisee_id = $1 AND e.exception_id < $2 \
          ORDER BY e.exception_id DESC LIMIT $3"
     ))
-    .bind(id)
+    .bind(supervisee_id)
     .bind(before)
-    .bind(limit + 1)
-    .fetch_all(&st.pool)
+    .bind(limit)
+    .fetch_all(db)
     .await?
     .iter()
     .map(|r| exception_row(r, now))
-    .collect();
-    let next_cursor = paginate(&mut items, limit, |e| e.exception_id);
-    Ok(Json(Page { items, next_cursor }))
+    .collect())
 }
 
 /// An absence to approve.
@@ -1207,15 +1294,14 @@ pub async fn create_exception(
     check_text("reason", &b.reason, 500, &mut errs);
     // Out of scope answers 404 before anything about the person's rules.
     who.must_see(&st.db, id).await?;
-    let mut tx = st.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     if let Some(rid) = b.rule_id {
-        let retired: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
-            "SELECT retired_at FROM rules WHERE rule_id = $1 AND supervisee_id = $2",
-        )
-        .bind(rid)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let retired: Option<Option<DateTime<Utc>>> =
+            Q::new("SELECT retired_at FROM rules WHERE rule_id = $1 AND supervisee_id = $2")
+                .bind(rid)
+                .bind(id)
+                .scalar_opt(&mut tx)
+                .await?;
         match retired {
             None => errs.push(FieldError::new(
                 "rule_id",
@@ -1226,7 +1312,7 @@ pub async fn create_exception(
         }
     }
     done(errs)?;
-    let eid: i64 = sqlx::query_scalar(
+    let eid: i64 = Q::new(
         "INSERT INTO rule_exceptions (supervisee_id, rule_id, starts_at, ends_at, reason, \
            created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING exception_id",
     )
@@ -1237,11 +1323,11 @@ pub async fn create_exception(
     .bind(&b.reason)
     .bind(who.actor())
     .bind(now)
-    .fetch_one(&mut *tx)
+    .scalar(&mut tx)
     .await
     .map_err(unique_as("an identical exception"))?;
-    audit::record_pg(
-        &mut *tx,
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -1279,17 +1365,18 @@ pub async fn cancel_exception(
     who.require(READERS)?;
     who.must_see(&st.db, id).await?;
     let now = st.clock.now();
-    let mut tx = st.pool.begin().await?;
-    let r = sqlx::query(
+    let mut tx = st.db.begin().await?;
+    let r = Q::new(
         "SELECT starts_at, ends_at FROM rule_exceptions \
          WHERE exception_id = $1 AND supervisee_id = $2 FOR UPDATE",
     )
     .bind(exception_id)
     .bind(id)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut tx)
     .await?
     .ok_or(ApiError::NotFound)?;
-    let (starts_at, ends_at): (DateTime<Utc>, DateTime<Utc>) = (r.get(0), r.get(1));
+    let (starts_at, ends_at): (DateTime<Utc>, DateTime<Utc>) =
+        (r.get("starts_at"), r.get("ends_at"));
     let new_end = now.max(starts_at + TimeDelta::microseconds(1));
     if ends_at <= new_end {
         return Err(ApiError::Conflict(format!(
@@ -1297,7 +1384,7 @@ pub async fn cancel_exception(
             ends_at.to_rfc3339()
         )));
     }
-    sqlx::query(
+    Q::new(
         "UPDATE rule_exceptions SET ends_at = $2, cancelled_at = $3, cancelled_by = $4 \
          WHERE exception_id = $1",
     )
@@ -1305,11 +1392,11 @@ pub async fn cancel_exception(
     .bind(new_end)
     .bind(now)
     .bind(who.actor())
-    .execute(&mut *tx)
+    .execute(&mut tx)
     .await
     .map_err(unique_as("an identical exception"))?;
-    audit::record_pg(
-        &mut *tx,
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -1336,4 +1423,607 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(retire_rule))
         .routes(routes!(list_exceptions, create_exception))
         .routes(routes!(cancel_exception))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The handlers run against a real SQLite file built from
+    //! migrations/sqlite, with production's pool shape (one writer, separate
+    //! readers): a statement that waited for the writer while a transaction
+    //! held it would hang the test, and a read that should have run in the
+    //! transaction would miss its writes. The PostgreSQL side is covered by
+    //! tests/api_admin.rs and tests/api_matrix.rs.
+
+    use std::sync::Arc;
+
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+
+    use super::*;
+    use crate::alerts::outbox::Outbox;
+    use crate::api::ApiConfig;
+    use crate::clock::{Clock, ManualClock};
+    use crate::store::sql::LitePools;
+
+    struct Lite {
+        st: ApiState,
+        clock: Arc<ManualClock>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    /// A migrated SQLite file with two officers in one team (off-a, its
+    /// supervisor sup-s), one outside it (off-b), and a supervisee each for
+    /// off-a (id 1) and off-b (id 2).
+    async fn lite() -> Lite {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SqliteConnectOptions::new()
+            .filename(dir.path().join("waypoint.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .unwrap();
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&write)
+            .await
+            .unwrap();
+        let read = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts.read_only(true))
+            .await
+            .unwrap();
+        let db = Db::Lite(LitePools { write, read });
+        for s in [
+            "INSERT INTO officers (officer_ref, display_name) VALUES ('sup-s', 'S')",
+            "INSERT INTO teams (team_ref, name, supervisor_id) VALUES ('t1', 'T', 1)",
+            "INSERT INTO officers (officer_ref, display_name, team_id) VALUES ('off-a', 'A', 1)",
+            "INSERT INTO officers (officer_ref, display_name) VALUES ('off-b', 'B')",
+            "INSERT INTO supervisees (case_ref, time_zone, officer_ref) \
+             VALUES ('case-a', 'Europe/London', 'off-a')",
+            "INSERT INTO supervisees (case_ref, time_zone, officer_ref) \
+             VALUES ('case-b', 'Europe/London', 'off-b')",
+        ] {
+            Q::new(s).execute(&db).await.unwrap();
+        }
+        // A fraction of a second, so stored times carry one.
+        let clock = Arc::new(ManualClock::new(t("2026-03-02T10:00:00.250Z")));
+        let st = ApiState::new(db, Outbox::new(), clock.clone(), ApiConfig::default());
+        Lite {
+            st,
+            clock,
+            _dir: dir,
+        }
+    }
+
+    fn admin() -> Principal {
+        Principal {
+            token_id: 1,
+            role: Role::Admin,
+            officer_ref: None,
+            officer_id: None,
+        }
+    }
+
+    fn officer(r: &str, role: Role) -> Principal {
+        Principal {
+            token_id: 2,
+            role,
+            officer_ref: Some(r.into()),
+            officer_id: None,
+        }
+    }
+
+    fn square(lon: f64, lat: f64) -> Value {
+        json!({"type": "Polygon", "coordinates": [[
+            [lon, lat], [lon + 0.01, lat], [lon + 0.01, lat + 0.01], [lon, lat + 0.01], [lon, lat]
+        ]]})
+    }
+
+    fn no_reason() -> AuditReason {
+        AuditReason(None)
+    }
+
+    async fn new_zone(st: &ApiState, zone_ref: &str, list: Option<&str>, g: Value) -> ZoneFeature {
+        create_zone(
+            State(st.clone()),
+            admin(),
+            no_reason(),
+            ApiJson(Ok(NewZone {
+                zone_ref: zone_ref.into(),
+                name: format!("Zone {zone_ref}"),
+                list_ref: list.map(Into::into),
+                geojson: g,
+            })),
+        )
+        .await
+        .unwrap()
+        .0
+    }
+
+    async fn zones(st: &ApiState, who: Principal, q: ZoneQuery) -> Page<ZoneSummary> {
+        list_zones(State(st.clone()), who, ApiQuery(q))
+            .await
+            .unwrap()
+            .0
+    }
+
+    fn refs(p: &Page<ZoneSummary>) -> Vec<&str> {
+        p.items.iter().map(|z| z.zone_ref.as_str()).collect()
+    }
+
+    async fn audit_count(db: &Db, action: &str) -> i64 {
+        Q::new("SELECT count(*) FROM audit_log WHERE action = $1")
+            .bind(action)
+            .scalar(db)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn zone_versions_and_list_filters_on_sqlite() {
+        let l = lite().await;
+        let st = &l.st;
+        let z = new_zone(st, "school-1", Some("schools"), square(-0.12, 51.5)).await;
+        assert_eq!(z.properties.version, 1);
+        assert_eq!(z.properties.created_at, l.clock.now());
+        assert_eq!(z.geometry["type"], "Polygon");
+        new_zone(st, "school-2", Some("schools"), square(-0.10, 51.5)).await;
+        new_zone(
+            st,
+            "home-1",
+            None,
+            json!({"type": "Feature", "properties": {"radius_m": 150.0},
+                   "geometry": {"type": "Point", "coordinates": [-0.2, 51.4]}}),
+        )
+        .await;
+
+        // The zone_ref is unique on SQLite too, answered as a 409.
+        let dup = create_zone(
+            State(st.clone()),
+            admin(),
+            no_reason(),
+            ApiJson(Ok(NewZone {
+                zone_ref: "school-1".into(),
+                name: "again".into(),
+                list_ref: None,
+                geojson: square(1.0, 1.0),
+            })),
+        )
+        .await;
+        assert!(matches!(dup, Err(ApiError::Conflict(m)) if m.contains("zone_ref")));
+
+        // geometry_type comes from ->/->> on the JSON text.
+        let all = zones(st, admin(), ZoneQuery::default()).await;
+        assert_eq!(refs(&all), ["school-1", "school-2", "home-1"]);
+        let kinds: Vec<_> = all.items.iter().map(|z| z.geometry_type.clone()).collect();
+        assert_eq!(
+            kinds,
+            [
+                Some("Polygon".into()),
+                Some("Polygon".into()),
+                Some("Point".into())
+            ]
+        );
+        // The SQLite prefix match: case-sensitive, wildcards are literal.
+        let q = |p: &str| ZoneQuery {
+            q: Some(p.into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            refs(&zones(st, admin(), q("school-")).await),
+            ["school-1", "school-2"]
+        );
+        assert!(zones(st, admin(), q("SCHOOL")).await.items.is_empty());
+        assert!(zones(st, admin(), q("%")).await.items.is_empty());
+        assert!(zones(st, admin(), q("_chool")).await.items.is_empty());
+        let list = ZoneQuery {
+            list_ref: Some("schools".into()),
+            limit: Some(1),
+            ..Default::default()
+        };
+        let page = zones(st, admin(), list.clone()).await;
+        assert_eq!(refs(&page), ["school-1"]);
+        let page = zones(
+            st,
+            admin(),
+            ZoneQuery {
+                cursor: page.next_cursor,
+                ..list
+            },
+        )
+        .await;
+        assert_eq!(refs(&page), ["school-2"]);
+        assert_eq!(page.next_cursor, None);
+
+        // The same geometry is no new version, even when the stored text
+        // is laid out differently (json() on both sides).
+        let id = z.properties.zone_id;
+        Q::new("UPDATE zone_versions SET geojson = $2 WHERE zone_id = $1")
+            .bind(id)
+            .bind(
+                serde_json::to_string_pretty(
+                    &Shape::from_geojson(&square(-0.12, 51.5))
+                        .unwrap()
+                        .to_geojson(),
+                )
+                .unwrap(),
+            )
+            .execute(&st.db)
+            .await
+            .unwrap();
+        let put = |g: Value| {
+            put_geometry(
+                State(st.clone()),
+                admin(),
+                no_reason(),
+                ApiPath(id),
+                ApiJson(Ok(NewGeometry { geojson: g })),
+            )
+        };
+        let same = put(square(-0.12, 51.5)).await.unwrap().0;
+        assert_eq!(same.properties.version, 1);
+        assert_eq!(audit_count(&st.db, "zone.geometry").await, 0);
+        l.clock.advance(TimeDelta::seconds(1));
+        let moved = put(square(-0.13, 51.5)).await.unwrap().0;
+        assert_eq!(moved.properties.version, 2);
+        assert_eq!(moved.properties.current_version, 2);
+        assert_eq!(audit_count(&st.db, "zone.geometry").await, 1);
+
+        let vs = list_versions(State(st.clone()), admin(), ApiPath(id))
+            .await
+            .unwrap()
+            .0;
+        let shape: Vec<_> = vs
+            .iter()
+            .map(|v| (v.version, v.current, v.geometry_type.as_deref()))
+            .collect();
+        assert_eq!(
+            shape,
+            [(1, false, Some("Polygon")), (2, true, Some("Polygon"))]
+        );
+        assert!(vs[0].created_at < vs[1].created_at);
+
+        let old = get_version(State(st.clone()), admin(), no_reason(), ApiPath((id, 1)))
+            .await
+            .unwrap()
+            .0;
+        assert_eq!(old.geometry["coordinates"][0][0][0], -0.12);
+        assert_eq!(old.properties.current_version, 2);
+        let missing = get_version(State(st.clone()), admin(), no_reason(), ApiPath((id, 3))).await;
+        assert!(matches!(missing, Err(ApiError::NotFound)));
+        let cur = get_zone(State(st.clone()), admin(), no_reason(), ApiPath(id))
+            .await
+            .unwrap();
+        assert_eq!(cur.properties.version, 2);
+        assert_eq!(audit_count(&st.db, "zone.read").await, 2);
+
+        // A circle keeps its radius through the canonical form.
+        let circle = get_zone(State(st.clone()), admin(), no_reason(), ApiPath(3))
+            .await
+            .unwrap()
+            .0;
+        assert_eq!(circle.properties.radius_m, Some(150.0));
+    }
+
+    async fn new_rule(st: &ApiState, sid: i64, body: Value) -> Result<RuleOut, ApiError> {
+        create_rule(
+            State(st.clone()),
+            admin(),
+            no_reason(),
+            ApiPath(sid),
+            ApiJson(Ok(serde_json::from_value(body).unwrap())),
+        )
+        .await
+        .map(|j| j.0)
+    }
+
+    #[tokio::test]
+    async fn rules_scope_zones_and_come_back_when_revived() {
+        let l = lite().await;
+        let st = &l.st;
+        let school = new_zone(st, "school-1", Some("schools"), square(-0.12, 51.5)).await;
+        let home = new_zone(st, "home-a", None, square(-0.2, 51.4)).await;
+        let (school, home) = (school.properties.zone_id, home.properties.zone_id);
+        let (off_a, sup, off_b) = (
+            officer("off-a", Role::Officer),
+            officer("sup-s", Role::Supervisor),
+            officer("off-b", Role::Officer),
+        );
+        // No rule refers to a zone yet: caseworkers see none of them.
+        assert!(zones(st, off_a.clone(), ZoneQuery::default())
+            .await
+            .items
+            .is_empty());
+
+        let curfew =
+            json!({"windows": [{"days": ["mon", "fri"], "start": "21:00", "end": "07:00"}]});
+        let r = new_rule(
+            st,
+            1,
+            json!({"role": "home", "zone_id": home, "schedule": curfew}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.role, "home");
+        assert_eq!(r.zone.as_ref().map(|z| z.zone_id), Some(home));
+        assert_eq!(r.schedule.as_ref().unwrap()["windows"][0]["start"], "21:00");
+        assert_eq!((r.confirm_fixes, r.grace_s, r.retired), (2, 60, false));
+        let list = new_rule(st, 1, json!({"role": "exclusion", "list_ref": "schools"}))
+            .await
+            .unwrap();
+        assert_eq!(list.zone.map(|z| z.zone_id), None);
+        // The same role and target again (NULL zone_id matched with IS NOT
+        // DISTINCT FROM) is a conflict while the first is live.
+        let again = new_rule(st, 1, json!({"role": "exclusion", "list_ref": "schools"})).await;
+        assert!(matches!(again, Err(ApiError::Conflict(m)) if m.contains("already applies")));
+        let bad = new_rule(st, 1, json!({"role": "exclusion", "zone_id": 999})).await;
+        assert!(matches!(bad, Err(ApiError::Validation(e)) if e[0].field == "zone_id"));
+        let bad = new_rule(st, 1, json!({"role": "exclusion", "list_ref": "parks"})).await;
+        assert!(matches!(bad, Err(ApiError::Validation(e)) if e[0].field == "list_ref"));
+        assert!(matches!(
+            new_rule(st, 99, json!({"role": "exclusion", "zone_id": school})).await,
+            Err(ApiError::NotFound)
+        ));
+
+        // Scope: off-a and their supervisor see both zones (one directly,
+        // one through its list); off-b sees none.
+        for who in [off_a.clone(), sup.clone()] {
+            assert_eq!(
+                refs(&zones(st, who, ZoneQuery::default()).await),
+                ["school-1", "home-a"]
+            );
+        }
+        assert!(zones(st, off_b.clone(), ZoneQuery::default())
+            .await
+            .items
+            .is_empty());
+        assert!(matches!(
+            get_zone(
+                State(st.clone()),
+                off_b.clone(),
+                no_reason(),
+                ApiPath(school)
+            )
+            .await,
+            Err(ApiError::NotFound)
+        ));
+        assert!(matches!(
+            list_versions(State(st.clone()), off_b, ApiPath(school)).await,
+            Err(ApiError::NotFound)
+        ));
+        let seen = list_versions(State(st.clone()), sup, ApiPath(school))
+            .await
+            .unwrap()
+            .0;
+        assert_eq!(seen.len(), 1);
+
+        // A zone in use is not retired; retire the rule first.
+        let retire = |z: i64| retire_zone(State(st.clone()), admin(), no_reason(), ApiPath(z));
+        assert!(
+            matches!(retire(home).await, Err(ApiError::Conflict(m)) if m.contains(&r.rule_id.to_string()))
+        );
+        l.clock.advance(TimeDelta::minutes(1));
+        let gone = retire_rule(
+            State(st.clone()),
+            admin(),
+            no_reason(),
+            ApiPath((1, r.rule_id)),
+        )
+        .await
+        .unwrap()
+        .0;
+        assert_eq!(gone.retired_at, Some(l.clock.now()));
+        assert!(matches!(
+            retire_rule(
+                State(st.clone()),
+                admin(),
+                no_reason(),
+                ApiPath((1, r.rule_id))
+            )
+            .await,
+            Err(ApiError::Conflict(_))
+        ));
+        assert!(matches!(
+            retire_rule(
+                State(st.clone()),
+                admin(),
+                no_reason(),
+                ApiPath((2, r.rule_id))
+            )
+            .await,
+            Err(ApiError::NotFound)
+        ));
+        // Live rules first, then retired ones.
+        let ids: Vec<_> = rules_of(&st.db, 1)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.rule_id)
+            .collect();
+        assert_eq!(ids, [list.rule_id, r.rule_id]);
+        // The home zone no longer justifies off-a seeing it.
+        assert_eq!(
+            refs(&zones(st, off_a, ZoneQuery::default()).await),
+            ["school-1"]
+        );
+
+        // Brought back with new settings, same id; created_at restarts
+        // (written by the database, in the stored time format).
+        let before: DateTime<Utc> = Q::new("SELECT created_at FROM rules WHERE rule_id = $1")
+            .bind(r.rule_id)
+            .scalar(&st.db)
+            .await
+            .unwrap();
+        let back = new_rule(
+            st,
+            1,
+            json!({"role": "home", "zone_id": home, "schedule": curfew, "grace_s": 30}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (back.rule_id, back.grace_s, back.retired),
+            (r.rule_id, 30, false)
+        );
+        let after: DateTime<Utc> = Q::new("SELECT created_at FROM rules WHERE rule_id = $1")
+            .bind(r.rule_id)
+            .scalar(&st.db)
+            .await
+            .unwrap();
+        assert!(after >= before);
+
+        // Retire the rule again, then the zone: it leaves the live list.
+        let again = retire_rule(
+            State(st.clone()),
+            admin(),
+            no_reason(),
+            ApiPath((1, r.rule_id)),
+        )
+        .await
+        .unwrap();
+        assert!(again.retired);
+        let z = retire(home).await.unwrap().0;
+        assert_eq!(z.properties.retired_at, Some(l.clock.now()));
+        assert!(matches!(retire(home).await, Err(ApiError::Conflict(_))));
+        let retired = |b: bool| ZoneQuery {
+            retired: Some(b),
+            ..Default::default()
+        };
+        assert_eq!(refs(&zones(st, admin(), retired(true)).await), ["home-a"]);
+        assert_eq!(
+            refs(&zones(st, admin(), retired(false)).await),
+            ["school-1"]
+        );
+        let frozen = put_geometry(
+            State(st.clone()),
+            admin(),
+            no_reason(),
+            ApiPath(home),
+            ApiJson(Ok(NewGeometry {
+                geojson: square(0.0, 0.0),
+            })),
+        )
+        .await;
+        assert!(matches!(frozen, Err(ApiError::Conflict(_))));
+        assert!(matches!(
+            new_rule(st, 1, json!({"role": "inclusion", "zone_id": home})).await,
+            Err(ApiError::Validation(e)) if e[0].message.contains("retired")
+        ));
+        assert_eq!(audit_count(&st.db, "rule.create").await, 3);
+        assert_eq!(audit_count(&st.db, "rule.retire").await, 2);
+        assert_eq!(audit_count(&st.db, "zone.retire").await, 1);
+    }
+
+    #[tokio::test]
+    async fn exceptions_are_approved_listed_and_cancelled_on_sqlite() {
+        let l = lite().await;
+        let st = &l.st;
+        let zone = new_zone(st, "home-a", None, square(-0.2, 51.4)).await;
+        let rule = new_rule(
+            st,
+            1,
+            json!({"role": "inclusion", "zone_id": zone.properties.zone_id}),
+        )
+        .await
+        .unwrap();
+        let off_a = officer("off-a", Role::Officer);
+        let now = l.clock.now();
+        let approve = |who: Principal, sid: i64, rule_id: Option<i64>, from, to| {
+            create_exception(
+                State(st.clone()),
+                who,
+                no_reason(),
+                ApiPath(sid),
+                ApiJson(Ok(NewException {
+                    rule_id,
+                    starts_at: from,
+                    ends_at: to,
+                    reason: "clinic".into(),
+                })),
+            )
+        };
+        let h = TimeDelta::hours(1);
+        let active = approve(off_a.clone(), 1, Some(rule.rule_id), now - h, now + h)
+            .await
+            .unwrap()
+            .0;
+        assert_eq!(active.status, "active");
+        assert_eq!(active.created_by, "off-a");
+        assert_eq!(active.created_at, now);
+        let later = approve(off_a.clone(), 1, None, now + h * 2, now + h * 3)
+            .await
+            .unwrap()
+            .0;
+        assert_eq!((later.status.as_str(), later.rule_id), ("scheduled", None));
+        // Identical (with a NULL rule) is refused by the unique index.
+        let dup = approve(off_a.clone(), 1, None, now + h * 2, now + h * 3).await;
+        assert!(matches!(dup, Err(ApiError::Conflict(m)) if m.contains("identical")));
+        // Someone else's supervisee, or a rule that is not theirs.
+        assert!(matches!(
+            approve(off_a.clone(), 2, None, now, now + h).await,
+            Err(ApiError::NotFound)
+        ));
+        let wrong = approve(admin(), 2, Some(rule.rule_id), now, now + h).await;
+        assert!(matches!(wrong, Err(ApiError::Validation(e)) if e[0].field == "rule_id"));
+
+        // Newest first, one page at a time.
+        let page = |cursor: Option<String>| {
+            list_exceptions(
+                State(st.clone()),
+                off_a.clone(),
+                ApiPath(1),
+                ApiQuery(ExceptionQuery {
+                    cursor,
+                    limit: Some(1),
+                }),
+            )
+        };
+        let p1 = page(None).await.unwrap().0;
+        assert_eq!(p1.items[0].exception_id, later.exception_id);
+        let p2 = page(p1.next_cursor).await.unwrap().0;
+        assert_eq!(p2.items[0].exception_id, active.exception_id);
+        assert_eq!(p2.next_cursor, None);
+
+        // Cancelling: an active one ends now; a future one is cut to one
+        // microsecond, which must survive the round trip through TEXT.
+        l.clock.advance(TimeDelta::minutes(5));
+        let cancel = |eid: i64| {
+            cancel_exception(
+                State(st.clone()),
+                off_a.clone(),
+                no_reason(),
+                ApiPath((1, eid)),
+            )
+        };
+        let c = cancel(active.exception_id).await.unwrap().0;
+        assert_eq!((c.status.as_str(), c.ends_at), ("cancelled", l.clock.now()));
+        assert_eq!(c.cancelled_by.as_deref(), Some("off-a"));
+        let c = cancel(later.exception_id).await.unwrap().0;
+        assert_eq!(c.ends_at, later.starts_at + TimeDelta::microseconds(1));
+        assert!(matches!(
+            cancel(later.exception_id).await,
+            Err(ApiError::Conflict(_))
+        ));
+        assert!(matches!(
+            cancel_exception(
+                State(st.clone()),
+                admin(),
+                no_reason(),
+                ApiPath((2, later.exception_id))
+            )
+            .await,
+            Err(ApiError::NotFound)
+        ));
+        let rows = exceptions_of(&st.db, 1, i64::MAX, 10, l.clock.now())
+            .await
+            .unwrap();
+        assert!(rows.iter().all(|e| e.status == "cancelled"));
+        assert_eq!(audit_count(&st.db, "exception.create").await, 2);
+        assert_eq!(audit_count(&st.db, "exception.cancel").await, 2);
+    }
 }
