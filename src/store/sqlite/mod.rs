@@ -434,6 +434,14 @@ async fn claim(
 }
 
 impl Store for SqliteStore {
+    /// The API shares the one writer: SQLite has no second one to give it.
+    fn api_db(&self) -> crate::store::sql::Db {
+        crate::store::sql::Db::Lite(crate::store::sql::LitePools {
+            write: self.write_pool().clone(),
+            read: self.read_pool().clone(),
+        })
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.write).await?;
         Ok(())
