@@ -13,7 +13,6 @@ use chrono::{DateTime, Datelike, Days, NaiveDate, NaiveTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -24,6 +23,7 @@ use super::error::{ApiError, ApiPath, ApiQuery, StdErrors};
 use super::positions::{subject, Span};
 use super::ApiState;
 use crate::rules::schedule::{first_instant_at, parse_tz, Schedule};
+use crate::store::sql::{Tx, Q};
 
 /// Alert kinds that are the person's conduct.
 pub const VIOLATION_KINDS: [&str; 5] = [
@@ -248,7 +248,7 @@ pub async fn compliance(
         return Err(ApiError::field("days", "must be 1..=365"));
     }
     let now = st.clock.now();
-    let mut tx = st.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     // Wide enough for any offset (±14 h); clipped to local days below.
     let wide_from = now - chrono::TimeDelta::days(days + 1);
     let subj = subject(&mut tx, &who, id, wide_from, now).await?;
@@ -259,72 +259,9 @@ pub async fn compliance(
         .unwrap_or(today);
     let period_start = day_start(first, tz);
 
-    let alert_rows = sqlx::query(
-        "SELECT kind, started_at, status, outcome FROM alerts \
-         WHERE supervisee_id = $1 AND started_at >= $2 AND started_at <= $3 \
-           AND kind = ANY($4) ORDER BY started_at LIMIT $5",
-    )
-    .bind(id)
-    .bind(period_start)
-    .bind(now)
-    .bind(
-        VIOLATION_KINDS
-            .iter()
-            .chain(EQUIPMENT_KINDS.iter())
-            .copied()
-            .collect::<Vec<_>>(),
-    )
-    .bind(MAX_ALERTS + 1)
-    .fetch_all(&mut *tx)
-    .await?;
-    if alert_rows.len() as i64 > MAX_ALERTS {
-        return Err(ApiError::field(
-            "days",
-            "too many alerts to summarise: ask for fewer days",
-        ));
-    }
-
-    let rules: Vec<HomeRule> = sqlx::query(
-        "SELECT rule_id, schedule, created_at, retired_at FROM rules \
-         WHERE supervisee_id = $1 AND role = 'home' \
-           AND (retired_at IS NULL OR retired_at > $2)",
-    )
-    .bind(id)
-    .bind(period_start)
-    .fetch_all(&mut *tx)
-    .await?
-    .iter()
-    .filter_map(|r| {
-        let schedule: Option<serde_json::Value> = r.get("schedule");
-        let windows = match schedule {
-            None | Some(serde_json::Value::Null) => None,
-            Some(v) => match Schedule::from_json(&v).ok().and_then(|s| windows_of(&s)) {
-                Some(w) => Some(w),
-                None => {
-                    tracing::warn!(
-                        rule_id = r.get::<i64, _>("rule_id"),
-                        "compliance: unreadable schedule skipped"
-                    );
-                    return None;
-                }
-            },
-        };
-        Some(HomeRule {
-            rule_id: r.get("rule_id"),
-            windows,
-            created_at: r.get("created_at"),
-            retired_at: r.get("retired_at"),
-        })
-    })
-    .collect();
-    let exceptions: Vec<(Option<i64>, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT rule_id, starts_at, ends_at FROM rule_exceptions \
-         WHERE supervisee_id = $1 AND ends_at > $2",
-    )
-    .bind(id)
-    .bind(period_start)
-    .fetch_all(&mut *tx)
-    .await?;
+    let alert_rows = counted_alerts(&mut tx, id, period_start, now).await?;
+    let rules = home_rules(&mut tx, id, period_start).await?;
+    let exceptions = absences(&mut tx, id, period_start).await?;
 
     // Days, oldest first; index by offset from `first`.
     let n = days as usize;
@@ -367,10 +304,10 @@ pub async fn compliance(
 
     let (mut battery_alerts, mut no_signal_alerts) = (0i64, 0i64);
     for r in &alert_rows {
-        let kind: &str = r.get("kind");
-        let t: DateTime<Utc> = r.get("started_at");
-        let resolved = r.get::<&str, _>("status") == "resolved";
-        let outcome: Option<&str> = r.get("outcome");
+        let kind = r.kind.as_str();
+        let t = r.started_at;
+        let resolved = r.status == "resolved";
+        let outcome = r.outcome.as_deref();
         let excused_by = |list: &[&str]| resolved && outcome.is_some_and(|o| list.contains(&o));
         if VIOLATION_KINDS.contains(&kind) {
             if excused_by(&VIOLATION_EXCUSED) {
@@ -449,8 +386,8 @@ pub async fn compliance(
     }
     summary.push('.');
 
-    audit::record_pg(
-        &mut *tx,
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -475,6 +412,122 @@ pub async fn compliance(
         daily,
         summary,
     }))
+}
+
+/// An alert of a counted kind, as far as the summary needs it.
+struct AlertRow {
+    kind: String,
+    started_at: DateTime<Utc>,
+    status: String,
+    outcome: Option<String>,
+}
+
+/// The supervisee's violation and equipment alerts that started in
+/// `[from, until]`, oldest first (422 naming `days` beyond [`MAX_ALERTS`]).
+async fn counted_alerts(
+    tx: &mut Tx,
+    supervisee_id: i64,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<AlertRow>, ApiError> {
+    let kinds: Vec<String> = VIOLATION_KINDS
+        .iter()
+        .chain(EQUIPMENT_KINDS.iter())
+        .map(|k| (*k).to_owned())
+        .collect();
+    // The kind list is an array on PostgreSQL and JSON text on SQLite.
+    let rows = Q::split(
+        "SELECT kind, started_at, status, outcome FROM alerts \
+         WHERE supervisee_id = $1 AND started_at >= $2 AND started_at <= $3 \
+           AND kind = ANY($4) ORDER BY started_at LIMIT $5",
+        "SELECT kind, started_at, status, outcome FROM alerts \
+         WHERE supervisee_id = $1 AND started_at >= $2 AND started_at <= $3 \
+           AND kind IN (SELECT value FROM json_each($4)) ORDER BY started_at LIMIT $5",
+    )
+    .bind(supervisee_id)
+    .bind(from)
+    .bind(until)
+    .bind(kinds)
+    .bind(MAX_ALERTS + 1)
+    .fetch_all(tx)
+    .await?;
+    if rows.len() as i64 > MAX_ALERTS {
+        return Err(ApiError::field(
+            "days",
+            "too many alerts to summarise: ask for fewer days",
+        ));
+    }
+    Ok(rows
+        .iter()
+        .map(|r| AlertRow {
+            kind: r.get("kind"),
+            started_at: r.get("started_at"),
+            status: r.get("status"),
+            outcome: r.get("outcome"),
+        })
+        .collect())
+}
+
+/// The supervisee's home rules not retired before `from`; a rule whose
+/// schedule cannot be read is skipped (and logged) rather than failing the
+/// whole summary.
+async fn home_rules(
+    tx: &mut Tx,
+    supervisee_id: i64,
+    from: DateTime<Utc>,
+) -> Result<Vec<HomeRule>, ApiError> {
+    let rows = Q::new(
+        "SELECT rule_id, schedule, created_at, retired_at FROM rules \
+         WHERE supervisee_id = $1 AND role = 'home' \
+           AND (retired_at IS NULL OR retired_at > $2)",
+    )
+    .bind(supervisee_id)
+    .bind(from)
+    .fetch_all(tx)
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let rule_id: i64 = r.get("rule_id");
+            let windows = match r.json_opt("schedule") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(v) => match Schedule::from_json(&v).ok().and_then(|s| windows_of(&s)) {
+                    Some(w) => Some(w),
+                    None => {
+                        tracing::warn!(rule_id, "compliance: unreadable schedule skipped");
+                        return None;
+                    }
+                },
+            };
+            Some(HomeRule {
+                rule_id,
+                windows,
+                created_at: r.get("created_at"),
+                retired_at: r.get("retired_at"),
+            })
+        })
+        .collect())
+}
+
+/// Approved absences of the supervisee ending after `from`: (rule, or all
+/// rules when none; start; end).
+async fn absences(
+    tx: &mut Tx,
+    supervisee_id: i64,
+    from: DateTime<Utc>,
+) -> Result<Vec<(Option<i64>, DateTime<Utc>, DateTime<Utc>)>, ApiError> {
+    let rows = Q::new(
+        "SELECT rule_id, starts_at, ends_at FROM rule_exceptions \
+         WHERE supervisee_id = $1 AND ends_at > $2",
+    )
+    .bind(supervisee_id)
+    .bind(from)
+    .fetch_all(tx)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get("rule_id"), r.get("starts_at"), r.get("ends_at")))
+        .collect())
 }
 
 /// Routes of this module.

@@ -35,7 +35,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -44,10 +43,9 @@ use super::alerts::{ActionItem, EscalationItem};
 use super::audit::{self, AuditReason, Entry};
 use super::auth::{Principal, CASEWORK};
 use super::error::{ApiError, ApiPath, ApiQuery, FieldError, StdErrors};
-use super::positions::{
-    parse_range, subject, zones_in_force, FixRow, Span, ZoneInForce, FIXES_SQL,
-};
+use super::positions::{parse_range, span_fixes, subject, zones_in_force, Span, ZoneInForce};
 use super::ApiState;
+use crate::store::sql::{Db, Tx, Q};
 
 /// Longest period one export may cover.
 pub const EXPORT_MAX_DAYS: i64 = 400;
@@ -227,23 +225,13 @@ pub async fn export(
     .map_err(|_| ApiError::Unavailable)?
     .map_err(|_| ApiError::Unavailable)?;
 
-    let mut tx = st.pool.begin().await?;
-    // One snapshot: fixes, alerts and decisions agree with each other.
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = snapshot(&st.db).await?;
     let subj = subject(&mut tx, &who, id, from, to).await?;
 
     let mut fixes: Vec<Fix> = Vec::new();
     for (i, span) in subj.spans.iter().enumerate() {
         let room = max_fixes - fixes.len() as i64;
-        let rows: Vec<FixRow> = sqlx::query_as(FIXES_SQL)
-            .bind(span.device_key)
-            .bind(span.lo)
-            .bind(span.hi)
-            .bind(room + 1)
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows = span_fixes(&mut tx, span, None, room + 1).await?;
         if rows.len() as i64 > room {
             return Err(ApiError::field(
                 "to",
@@ -253,12 +241,12 @@ pub async fn export(
             ));
         }
         fixes.reserve(rows.len());
-        fixes.extend(rows.into_iter().map(|(t, lat, lon, acc_m, speed_mps)| Fix {
-            t,
-            lat,
-            lon,
-            acc_m,
-            speed_mps,
+        fixes.extend(rows.into_iter().map(|x| Fix {
+            t: x.t,
+            lat: x.lat,
+            lon: x.lon,
+            acc_m: x.acc_m,
+            speed_mps: x.speed_mps,
             span: i,
         }));
     }
@@ -298,10 +286,11 @@ pub async fn export(
     } = built?;
 
     // No audit record, no data: the record (with the digest) is written,
-    // in a statement of its own, before the body is returned; if it fails,
-    // the export fails.
-    audit::record_pg(
-        &st.pool,
+    // in a transaction of its own, before the body is returned; if it
+    // fails, the export fails.
+    let mut tx = st.db.begin().await?;
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -311,6 +300,7 @@ pub async fn export(
         })),
     )
     .await?;
+    tx.commit().await?;
 
     let filename = format!(
         "supervisee-{id}-{}-{}.{}",
@@ -338,6 +328,25 @@ pub async fn export(
     ];
     drop(permit);
     Ok((StatusCode::OK, headers, body).into_response())
+}
+
+/// One consistent snapshot to read an export from, so that fixes, alerts
+/// and decisions agree with each other. PostgreSQL: a REPEATABLE READ
+/// transaction. SQLite: a transaction on a reader connection, which (WAL)
+/// reads one snapshot from its first statement to its end; the writer
+/// would serialise just as well, but would hold up ingest and every
+/// officer's decision while hundreds of thousands of fixes are read.
+async fn snapshot(db: &Db) -> Result<Tx, sqlx::Error> {
+    match db {
+        Db::Pg(_) => {
+            let mut tx = db.begin().await?;
+            Q::new("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut tx)
+                .await?;
+            Ok(tx)
+        }
+        Db::Lite(l) => Ok(Tx::Lite(l.read.begin().await?)),
+    }
 }
 
 /// An export body with its SHA-256 and what the audit record counts.
@@ -371,31 +380,48 @@ fn build(mut bundle: Bundle, format: Format) -> Result<Built, ApiError> {
     })
 }
 
+/// The alerts of one export with the position of their first positioned
+/// evidence. PostgreSQL: a LATERAL probe per alert.
+const ALERTS_SQL: &str =
+    "SELECT a.alert_id, a.kind, a.severity, a.confidence, d.device_id, a.started_at, \
+       a.raised_at, a.status, a.outcome, a.resolution_note, a.explanation, a.late, \
+       a.zone_id, a.zone_version, ev.lat, ev.lon \
+     FROM alerts a JOIN devices d ON d.device_key = a.device_key \
+     LEFT JOIN LATERAL (SELECT e.lat, e.lon FROM alert_evidence e \
+       WHERE e.alert_id = a.alert_id AND e.lat IS NOT NULL AND e.lon IS NOT NULL \
+       ORDER BY e.ord LIMIT 1) ev ON true \
+     WHERE a.supervisee_id = $1 AND a.raised_at >= $2 AND a.raised_at < $3 \
+     ORDER BY a.raised_at, a.alert_id LIMIT $4";
+
+/// [`ALERTS_SQL`] for SQLite (no LATERAL): the same evidence row, found as
+/// the lowest positioned `ord` of the alert and joined on the
+/// (alert_id, ord) key.
+const ALERTS_LITE: &str =
+    "SELECT a.alert_id, a.kind, a.severity, a.confidence, d.device_id, a.started_at, \
+       a.raised_at, a.status, a.outcome, a.resolution_note, a.explanation, a.late, \
+       a.zone_id, a.zone_version, ev.lat, ev.lon \
+     FROM alerts a JOIN devices d ON d.device_key = a.device_key \
+     LEFT JOIN alert_evidence ev ON ev.alert_id = a.alert_id AND ev.ord = ( \
+       SELECT min(e.ord) FROM alert_evidence e \
+       WHERE e.alert_id = a.alert_id AND e.lat IS NOT NULL AND e.lon IS NOT NULL) \
+     WHERE a.supervisee_id = $1 AND a.raised_at >= $2 AND a.raised_at < $3 \
+     ORDER BY a.raised_at, a.alert_id LIMIT $4";
+
 /// The supervisee's alerts raised in `[from, to)`, with decisions and
 /// escalations, oldest first.
 async fn read_alerts(
-    conn: &mut sqlx::PgConnection,
+    tx: &mut Tx,
     supervisee_id: i64,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<ExportAlert>, ApiError> {
-    let rows = sqlx::query(
-        "SELECT a.alert_id, a.kind, a.severity, a.confidence, d.device_id, a.started_at, \
-           a.raised_at, a.status, a.outcome, a.resolution_note, a.explanation, a.late, \
-           a.zone_id, a.zone_version, ev.lat, ev.lon \
-         FROM alerts a JOIN devices d ON d.device_key = a.device_key \
-         LEFT JOIN LATERAL (SELECT e.lat, e.lon FROM alert_evidence e \
-           WHERE e.alert_id = a.alert_id AND e.lat IS NOT NULL AND e.lon IS NOT NULL \
-           ORDER BY e.ord LIMIT 1) ev ON true \
-         WHERE a.supervisee_id = $1 AND a.raised_at >= $2 AND a.raised_at < $3 \
-         ORDER BY a.raised_at, a.alert_id LIMIT $4",
-    )
-    .bind(supervisee_id)
-    .bind(from)
-    .bind(to)
-    .bind(EXPORT_MAX_ALERTS + 1)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = Q::split(ALERTS_SQL, ALERTS_LITE)
+        .bind(supervisee_id)
+        .bind(from)
+        .bind(to)
+        .bind(EXPORT_MAX_ALERTS + 1)
+        .fetch_all(&mut *tx)
+        .await?;
     if rows.len() as i64 > EXPORT_MAX_ALERTS {
         return Err(ApiError::field(
             "to",
@@ -436,15 +462,18 @@ async fn read_alerts(
     }
     let ids: Vec<i64> = alerts.iter().map(|a| a.alert_id).collect();
     let index: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-    for r in sqlx::query(
+    // The id lists are arrays on PostgreSQL and JSON text on SQLite.
+    for r in Q::split(
         "SELECT alert_id, action, actor, at, outcome, note FROM alert_actions \
          WHERE alert_id = ANY($1) ORDER BY alert_id, action_id",
+        "SELECT alert_id, action, actor, at, outcome, note FROM alert_actions \
+         WHERE alert_id IN (SELECT value FROM json_each($1)) ORDER BY alert_id, action_id",
     )
-    .bind(&ids)
-    .fetch_all(&mut *conn)
+    .bind(ids.clone())
+    .fetch_all(&mut *tx)
     .await?
     {
-        if let Some(&i) = index.get(&r.get::<i64, _>("alert_id")) {
+        if let Some(&i) = index.get(&r.get::<i64>("alert_id")) {
             alerts[i].actions.push(ActionItem {
                 action: r.get("action"),
                 actor: r.get("actor"),
@@ -454,16 +483,19 @@ async fn read_alerts(
             });
         }
     }
-    for r in sqlx::query(
+    for r in Q::split(
         "SELECT e.alert_id, e.level, e.at, o.officer_ref, e.to_group, e.reason \
          FROM alert_escalations e LEFT JOIN officers o ON o.officer_id = e.to_officer_id \
          WHERE e.alert_id = ANY($1) ORDER BY e.alert_id, e.level",
+        "SELECT e.alert_id, e.level, e.at, o.officer_ref, e.to_group, e.reason \
+         FROM alert_escalations e LEFT JOIN officers o ON o.officer_id = e.to_officer_id \
+         WHERE e.alert_id IN (SELECT value FROM json_each($1)) ORDER BY e.alert_id, e.level",
     )
-    .bind(&ids)
-    .fetch_all(&mut *conn)
+    .bind(ids)
+    .fetch_all(&mut *tx)
     .await?
     {
-        if let Some(&i) = index.get(&r.get::<i64, _>("alert_id")) {
+        if let Some(&i) = index.get(&r.get::<i64>("alert_id")) {
             alerts[i].escalations.push(EscalationItem {
                 level: r.get("level"),
                 at: r.get("at"),
