@@ -843,6 +843,169 @@ pub(crate) mod tests {
         .expect("fix");
     }
 
+    /// Handler state over a SQLite file as the server opens it: WAL, one
+    /// writer, separate read-only readers. The clock carries a fraction of
+    /// a second, so stored times carry one.
+    pub(crate) async fn lite_state() -> (ApiState, tempfile::TempDir) {
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let opts = SqliteConnectOptions::new()
+            .filename(dir.path().join("waypoint.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .expect("writer");
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&write)
+            .await
+            .expect("schema");
+        let read = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts.read_only(true))
+            .await
+            .expect("readers");
+        let clock = std::sync::Arc::new(crate::clock::ManualClock::new(
+            at(2026, 10, 2, 12, 0, 0) + TimeDelta::milliseconds(250),
+        ));
+        let st = ApiState::new(
+            Db::Lite(LitePools { write, read }),
+            crate::alerts::outbox::Outbox::new(),
+            clock,
+            crate::api::ApiConfig::default(),
+        );
+        (st, dir)
+    }
+
+    /// The audit records of `action`: (supervisee, detail).
+    pub(crate) async fn audits(db: &Db, action: &str) -> Vec<(Option<i64>, serde_json::Value)> {
+        Q::new("SELECT supervisee_id, detail FROM audit_log WHERE action = $1 ORDER BY audit_id")
+            .bind(action)
+            .fetch_all(db)
+            .await
+            .expect("audit read")
+            .iter()
+            .map(|r| (r.get("supervisee_id"), r.json("detail")))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn handlers_read_and_audit_on_sqlite() {
+        use crate::api::audit::AuditReason;
+        let (st, _dir) = lite_state().await;
+        let db = st.db.clone();
+        add_officer(&db, "o1", None).await;
+        let alice = add_supervisee(&db, "alice", "o1").await;
+        let bob = add_supervisee(&db, "bob", "o1").await;
+        let dev = add_device(&db, "d1").await;
+        let t0 = at(2026, 10, 1, 0, 0, 0);
+        assign(&db, dev, alice, t0, None).await;
+        for i in 0..120i64 {
+            let acc = 5.0 + ((i * 7) % 13) as f32;
+            add_fix(
+                &db,
+                dev,
+                t0 + TimeDelta::seconds(30 * i) + TimeDelta::milliseconds(125),
+                i,
+                acc,
+            )
+            .await;
+        }
+        let reason = || AuditReason(Some("review".into()));
+
+        let Json(page) = list_positions(
+            State(st.clone()),
+            officer("o1"),
+            reason(),
+            ApiQuery(PositionsQuery {
+                cursor: None,
+                limit: Some(1),
+            }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.items[0].supervisee_id, alice);
+        assert_eq!(page.items[0].lat, Some(51.0119));
+        assert!(page.next_cursor.is_some());
+        let Json(next) = list_positions(
+            State(st.clone()),
+            officer("o1"),
+            reason(),
+            ApiQuery(PositionsQuery {
+                cursor: page.next_cursor.clone(),
+                limit: Some(1),
+            }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(next.items[0].supervisee_id, bob);
+        assert!(next.items[0].fix_time.is_none());
+        let read = audits(&db, "positions.read").await;
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0].1["supervisee_ids"], serde_json::json!([alice]));
+        assert_eq!(read[1].1["count"], 0);
+
+        let Json(p) =
+            supervisee_position(State(st.clone()), officer("o1"), reason(), ApiPath(alice))
+                .await
+                .unwrap();
+        assert_eq!(
+            p.fix_time,
+            Some(t0 + TimeDelta::seconds(30 * 119) + TimeDelta::milliseconds(125))
+        );
+        assert!(matches!(
+            supervisee_position(State(st.clone()), officer("o2"), reason(), ApiPath(alice)).await,
+            Err(ApiError::NotFound)
+        ));
+        assert_eq!(audits(&db, "position.read").await.len(), 1);
+
+        let range = |bucket: Option<&str>| TrackQuery {
+            from: Some("2026-10-01T00:00:00Z".into()),
+            to: Some("2026-10-02T00:00:00Z".into()),
+            bucket: bucket.map(str::to_owned),
+        };
+        let Json(full) = track(
+            State(st.clone()),
+            officer("o1"),
+            reason(),
+            ApiPath(alice),
+            ApiQuery(range(None)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(full.fixes.len(), 120);
+        let Json(down) = track(
+            State(st.clone()),
+            officer("o1"),
+            reason(),
+            ApiPath(alice),
+            ApiQuery(range(Some("5m"))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(down.fixes.len(), 12);
+        for (i, k) in down.fixes.iter().enumerate() {
+            let bucket = &full.fixes[i * 10..i * 10 + 10];
+            let best = bucket
+                .iter()
+                .min_by(|a, b| a.acc_m.total_cmp(&b.acc_m).then(a.t.cmp(&b.t)))
+                .unwrap();
+            assert_eq!(
+                (k.t, k.acc_m, k.lat),
+                (best.t, best.acc_m, best.lat),
+                "bucket {i}"
+            );
+        }
+        let reads = audits(&db, "track.read").await;
+        assert_eq!(reads.len(), 2);
+        assert_eq!(reads[1].0, Some(alice));
+        assert_eq!(reads[1].1["bucket"], "5m");
+        assert_eq!(reads[1].1["rows"], 12);
+    }
+
     async fn tx(db: &Db) -> Tx {
         db.begin().await.expect("begin")
     }
