@@ -1163,6 +1163,16 @@ pub(crate) mod tests {
         .execute(&w.db)
         .await
         .unwrap();
+        Q::new(
+            "INSERT INTO alert_escalations (alert_id, level, at, to_officer_id, reason) \
+             VALUES ($1, 1, $2, $3, 'late')",
+        )
+        .bind(id)
+        .bind(t0())
+        .bind(w.sup_id)
+        .execute(&w.db)
+        .await
+        .unwrap();
         let t1 = t0() + TimeDelta::seconds(60);
 
         // Outside the caseload: not found, and nothing written.
@@ -1201,6 +1211,11 @@ pub(crate) mod tests {
         let z = d.zone.as_ref().expect("zone at the alert");
         assert_eq!((z.zone_ref.as_str(), z.version), ("z1", 1));
         assert_eq!(z.geojson["coordinates"], serde_json::json!([1, 2]));
+        assert_eq!(d.escalations.len(), 1);
+        let e = &d.escalations[0];
+        assert_eq!((e.level, e.at, e.reason.as_str()), (1, t0(), "late"));
+        assert_eq!(e.to_officer_ref.as_deref(), Some("sup"));
+        assert_eq!(e.to_group, None);
 
         let e = decide_lite(
             &w,
