@@ -156,20 +156,27 @@ pub async fn start<S: Store>(
         store: store.clone(),
         mqtt: mqtt_status.clone(),
     });
-    if let (Some(api_cfg), Some(pool)) = (cfg.api.clone(), store.officer_api_pool()) {
-        let state = ApiState::new(
-            api::pool_for_api(&pool),
-            outbox.clone(),
-            clock.clone(),
-            api_cfg,
-        );
+    if let Some(api_cfg) = cfg.api.clone() {
+        let state = ApiState::new(store.api_db(), outbox.clone(), clock.clone(), api_cfg);
         tracker.spawn(escalation::run(state.clone(), stopped.clone()));
-        if let Some(pool) = state.db.pg() {
-            tracker.spawn(crate::store::postgres::watch_alert_log(
-                pool.clone(),
-                outbox.clone(),
-                stopped.clone(),
-            ));
+        // Officer decisions made by other processes (the CLI, other
+        // instances) wake the live views: PostgreSQL notifies; SQLite has no
+        // notifications, so its log is looked at every second instead.
+        match state.db.pg() {
+            Some(pool) => {
+                tracker.spawn(crate::store::postgres::watch_alert_log(
+                    pool.clone(),
+                    outbox.clone(),
+                    stopped.clone(),
+                ));
+            }
+            None => {
+                tracker.spawn(outbox::poll_wake(
+                    outbox.clone(),
+                    std::time::Duration::from_secs(1),
+                    stopped.clone(),
+                ));
+            }
         }
         ops = ops
             .merge(api::router(state))

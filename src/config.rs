@@ -41,6 +41,10 @@ pub enum Command {
     },
     /// Print the officer API's OpenAPI document (JSON) and exit.
     Openapi,
+    /// Run the whole system on this machine with nothing installed: an
+    /// embedded server, a simulated fleet in accelerated time raising every
+    /// kind of alert, the dashboard, and a summary at the end.
+    Demo(DemoArgs),
     /// Issue and revoke officer API tokens.
     Tokens {
         /// Token action.
@@ -179,6 +183,12 @@ pub struct DbArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/waypoint"
     )]
     pub database_url: String,
+    /// Use the SQLite database of an embedded server in this directory
+    /// (`serve --embedded`, `demo`) instead of PostgreSQL. A flag only, no
+    /// environment variable: the embedded database is never chosen by
+    /// accident.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// Device administration until the officer API exists.
@@ -217,6 +227,17 @@ pub struct ServeArgs {
     /// Database.
     #[command(flatten)]
     pub db: DbArgs,
+    /// Run with nothing installed, for demos and pilots: an in-process MQTT
+    /// broker (on --mqtt-port) and a SQLite database (in --data-dir,
+    /// default `waypoint-data`) instead of --mqtt-url and --database-url.
+    /// See docs/embedded.md for its limits. A flag only, no environment
+    /// variable: a typo in a production environment can never start it.
+    #[arg(long, conflicts_with = "mqtt_url")]
+    pub embedded: bool,
+    /// Port of the embedded broker's device listener (MQTT 3.1.1), on
+    /// 127.0.0.1 (with --embedded).
+    #[arg(long, default_value_t = 1883, requires = "embedded")]
+    pub mqtt_port: u16,
     /// Broker URL, `mqtt://[user:pass@]host[:port]`.
     #[arg(
         long,
@@ -304,6 +325,35 @@ pub struct ServeArgs {
     /// Attribution the basemap's provider requires.
     #[arg(long, env = "WAYPOINT_BASEMAP_ATTRIBUTION")]
     pub basemap_attribution: Option<String>,
+}
+
+/// `waypoint demo`
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// How long the simulated fleet runs, in seconds of wall-clock time;
+    /// the dashboard stays up afterwards until Ctrl-C unless --exit.
+    #[arg(long, default_value_t = 60.0)]
+    pub duration: f64,
+    /// Simulated people (every kind of situation is among them from 20).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(10..=2000))]
+    pub devices: u64,
+    /// Data directory (default: a new directory under the system's
+    /// temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Dashboard, API and /metrics address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// Port of the embedded broker's device listener (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub mqtt_port: u16,
+    /// Stop once the fleet has run and the summary is printed, instead of
+    /// keeping the dashboard up until Ctrl-C.
+    #[arg(long)]
+    pub exit: bool,
+    /// Print the summary as JSON (for scripts and tests).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Bytes of headroom between the payload cap and the MQTT packet cap, for

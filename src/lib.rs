@@ -29,7 +29,10 @@
 //! - [`alerts`]: alert kinds and lifecycle; the alert-log outbox.
 //! - [`broker`]: the embedded MQTT broker (rumqttd) for `--embedded` and the demo.
 //! - [`scenario`]: the provisioning file (`waypoint scenario load`).
-//! - [`store`]: the storage interface and its PostgreSQL implementation.
+//! - [`store`]: the storage interface, its PostgreSQL and SQLite
+//!   implementations, and [`store::sql`], the SQL both dialects share.
+//! - [`embedded`]: the embedded mode (in-process broker + SQLite);
+//!   [`demo`]: `waypoint demo`.
 //! - [`directory`]: in-memory device enrollment, kept fresh by notifications.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`api`]: the officer API (`/api/v1`): caseloads, zones, alerts and
@@ -46,8 +49,10 @@ pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod decode;
+pub mod demo;
 pub mod directory;
 pub mod domain;
+pub mod embedded;
 pub mod geofence;
 pub mod http;
 pub mod ingest;

@@ -16,23 +16,70 @@ use waypoint::scenario::Scenario;
 use waypoint::store::postgres::PgStore;
 use waypoint::store::{AlertFilter, Store};
 
+/// Opens the store `db` names, migrated: the embedded SQLite database with
+/// `--data-dir`, otherwise PostgreSQL; then runs `$body` with it (generic
+/// over [`Store`], so each command is written once for both).
+macro_rules! with_store {
+    ($db:expr, $conns:expr, |$s:ident| $body:expr) => {
+        match &$db.data_dir {
+            Some(dir) => {
+                let $s = waypoint::store::sqlite::SqliteStore::open(dir)
+                    .await
+                    .with_context(|| format!("data directory {}", dir.display()))?;
+                $s.migrate().await?;
+                $body
+            }
+            None => {
+                let $s = open_pg(&$db, $conns).await?;
+                $body
+            }
+        }
+    };
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Logs go to stderr so command output (device lists, credentials) stays clean.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_env("WAYPOINT_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
-        )
+        .with_env_filter(EnvFilter::try_from_env("WAYPOINT_LOG").unwrap_or_else(|_| {
+            EnvFilter::new(format!(
+                "info,sqlx=warn,{}",
+                waypoint::broker::LOG_DIRECTIVE
+            ))
+        }))
         .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
             let cfg = args.to_config()?;
-            let store = open(&args.db, (cfg.shards + 4) as u32).await?;
-            let running = waypoint::app::start(cfg, store, Arc::new(SystemClock)).await?;
+            let (running, _embedded) = if args.embedded {
+                let dir = args
+                    .db
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| "waypoint-data".into());
+                let mqtt = std::net::SocketAddr::from(([127, 0, 0, 1], args.mqtt_port));
+                let e = waypoint::embedded::start(cfg, &dir, mqtt, Arc::new(SystemClock)).await?;
+                tracing::info!(
+                    data_dir = %dir.display(),
+                    mqtt = %e.broker.local_addr(),
+                    "embedded mode: SQLite database and in-process MQTT broker (docs/embedded.md)"
+                );
+                (e.running, Some((e.broker, e.store)))
+            } else {
+                anyhow::ensure!(
+                    args.db.data_dir.is_none(),
+                    "--data-dir is the embedded database's directory: add --embedded, or use \
+                     --database-url for PostgreSQL"
+                );
+                let store = open_pg(&args.db, (cfg.shards + 4) as u32).await?;
+                (
+                    waypoint::app::start(cfg, store, Arc::new(SystemClock)).await?,
+                    None,
+                )
+            };
             let fatal = running.fatal_token();
             tokio::select! {
                 _ = shutdown_signal() => tracing::info!("shutdown requested; draining"),
@@ -44,9 +91,38 @@ async fn main() -> anyhow::Result<()> {
             }
             tracing::info!("stopped");
         }
+        Command::Demo(args) => {
+            let cli = Cli::try_parse_from([
+                "waypoint",
+                "serve",
+                "--http-addr",
+                &args.http_addr.to_string(),
+                "--mqtt-client-id",
+                "waypoint-demo",
+            ])?;
+            let Command::Serve(serve) = cli.command else {
+                unreachable!("parsed a serve command")
+            };
+            let stop = tokio_util::sync::CancellationToken::new();
+            tokio::spawn({
+                let stop = stop.clone();
+                async move {
+                    shutdown_signal().await;
+                    stop.cancel();
+                }
+            });
+            let summary = waypoint::demo::run(&args, serve.to_config()?, stop).await?;
+            if summary.kinds_missing.is_empty() {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                summary.stopped_early,
+                "the demo ended without these alert kinds: {}",
+                summary.kinds_missing.join(", ")
+            );
+        }
         Command::Migrate(db) => {
-            open(&db, 1).await?;
-            println!("migrations applied");
+            with_store!(db, 1, |_store| println!("migrations applied"));
         }
         Command::Devices { cmd } => devices(cmd).await?,
         Command::Scenario { cmd } => scenario(cmd).await?,
@@ -75,17 +151,16 @@ async fn tokens(cmd: TokensCmd) -> anyhow::Result<()> {
             let role = Role::parse(&role).with_context(|| {
                 format!("unknown role {role:?} (officer, supervisor, admin, auditor)")
             })?;
-            let store = open(&db, 1).await?;
             let expires =
                 expires_in_days.map(|d| SystemClock.now() + chrono::TimeDelta::days(i64::from(d)));
-            let t = auth::create_token(
-                &waypoint::store::sql::Db::Pg(store.pool().clone()),
+            let t = with_store!(db, 1, |store| auth::create_token(
+                &store.api_db(),
                 role,
                 officer.as_deref(),
                 label.as_deref(),
                 expires,
             )
-            .await?;
+            .await?);
             eprintln!(
                 "token {} ({}) created; it is shown once and only its hash is stored:",
                 t.token_id,
@@ -94,13 +169,9 @@ async fn tokens(cmd: TokensCmd) -> anyhow::Result<()> {
             println!("{}", t.token);
         }
         TokensCmd::Revoke { token_id, db } => {
-            let store = open(&db, 1).await?;
-            if !auth::revoke_token(
-                &waypoint::store::sql::Db::Pg(store.pool().clone()),
-                token_id,
-            )
-            .await?
-            {
+            let revoked = with_store!(db, 1, |store| auth::revoke_token(&store.api_db(), token_id)
+                .await?);
+            if !revoked {
                 anyhow::bail!("no live token {token_id}");
             }
             println!("token {token_id} revoked");
@@ -129,9 +200,8 @@ async fn scenario(cmd: ScenarioCmd) -> anyhow::Result<()> {
         }
         ScenarioCmd::Load { file, db } => {
             let s = read_scenario(&file)?;
-            let store = open(&db, 1).await?;
             let actor = format!("scenario:{}", file.display());
-            let report = store.apply_scenario(&s, &actor).await?;
+            let report = with_store!(db, 1, |store| store.apply_scenario(&s, &actor).await?);
             println!("{}", serde_json::to_string(&report)?);
         }
     }
@@ -147,14 +217,13 @@ async fn alerts(cmd: AlertsCmd) -> anyhow::Result<()> {
             limit,
             db,
         } => {
-            let store = open(&db, 1).await?;
             let filter = AlertFilter {
                 status,
                 kind: None,
                 device_id: device,
                 limit,
             };
-            for a in store.alerts(&filter).await? {
+            for a in with_store!(db, 1, |store| store.alerts(&filter).await?) {
                 println!("{}", serde_json::to_string(&a)?);
             }
             return Ok(());
@@ -187,14 +256,15 @@ async fn alerts(cmd: AlertsCmd) -> anyhow::Result<()> {
         } => (db, alert_id, actor, OfficerAction::Note(note)),
     };
     action.validate(&actor)?;
-    let store = open(&db, 1).await?;
-    store.alert_action(id, &actor, &action, now).await?;
+    with_store!(db, 1, |store| store
+        .alert_action(id, &actor, &action, now)
+        .await?);
     println!("alert {id}: {} recorded", action.as_str());
     Ok(())
 }
 
-/// Creates the database if missing, connects and migrates.
-async fn open(db: &DbArgs, connections: u32) -> anyhow::Result<PgStore> {
+/// Creates the PostgreSQL database if missing, connects and migrates.
+async fn open_pg(db: &DbArgs, connections: u32) -> anyhow::Result<PgStore> {
     if !sqlx::Postgres::database_exists(&db.database_url)
         .await
         .context("cannot reach PostgreSQL (is --database-url / WAYPOINT_DATABASE_URL right?)")?
@@ -226,16 +296,14 @@ async fn devices(cmd: DevicesCmd) -> anyhow::Result<()> {
                         .with_context(|| format!("--owntracks {p:?} must be USER/DEVICE"))
                 })
                 .transpose()?;
-            let store = open(&db, 1).await?;
-            let rec = store.add_device(&id, pair, now).await?;
+            let rec = with_store!(db, 1, |store| store.add_device(&id, pair, now).await?);
             println!("enrolled device {} (key {})", rec.id, rec.key);
             print_credential_help(&rec.id, pair)?;
         }
         DevicesCmd::Revoke { device_id, db } => {
             let id = DeviceId::parse(&device_id)
                 .with_context(|| format!("invalid device id {device_id:?}"))?;
-            let store = open(&db, 1).await?;
-            store.revoke_device(&id, now).await?;
+            with_store!(db, 1, |store| store.revoke_device(&id, now).await?);
             println!("revoked device {id}; its messages are now refused as device_revoked");
             println!("remove its broker credential too:");
             println!(
@@ -245,8 +313,7 @@ async fn devices(cmd: DevicesCmd) -> anyhow::Result<()> {
             println!("  mosquitto_ctrl dynsec deleteClient {id}");
         }
         DevicesCmd::List { db } => {
-            let store = open(&db, 1).await?;
-            for d in store.devices().await? {
+            for d in with_store!(db, 1, |store| store.devices().await?) {
                 let ot = d
                     .owntracks
                     .map(|(u, v)| format!(" owntracks={u}/{v}"))

@@ -72,6 +72,20 @@ async fn wait(n: &Notify, cancel: &CancellationToken) -> bool {
     }
 }
 
+/// Wakes the log readers every `every`, for a database that cannot notify
+/// (SQLite) of entries other processes append (`waypoint alerts` decisions).
+/// A wake with nothing new costs one indexed read of the log's head.
+pub async fn poll_wake(outbox: Arc<Outbox>, every: std::time::Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => outbox.wake(),
+        }
+    }
+}
+
 /// Feeds live views from the log's head onwards.
 pub async fn run_live<S: Store>(store: S, outbox: Arc<Outbox>, cancel: CancellationToken) {
     let mut cursor = loop {

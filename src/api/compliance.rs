@@ -13,7 +13,6 @@ use chrono::{DateTime, Datelike, Days, NaiveDate, NaiveTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -24,6 +23,7 @@ use super::error::{ApiError, ApiPath, ApiQuery, StdErrors};
 use super::positions::{subject, Span};
 use super::ApiState;
 use crate::rules::schedule::{first_instant_at, parse_tz, Schedule};
+use crate::store::sql::{Tx, Q};
 
 /// Alert kinds that are the person's conduct.
 pub const VIOLATION_KINDS: [&str; 5] = [
@@ -248,7 +248,7 @@ pub async fn compliance(
         return Err(ApiError::field("days", "must be 1..=365"));
     }
     let now = st.clock.now();
-    let mut tx = st.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     // Wide enough for any offset (±14 h); clipped to local days below.
     let wide_from = now - chrono::TimeDelta::days(days + 1);
     let subj = subject(&mut tx, &who, id, wide_from, now).await?;
@@ -259,72 +259,9 @@ pub async fn compliance(
         .unwrap_or(today);
     let period_start = day_start(first, tz);
 
-    let alert_rows = sqlx::query(
-        "SELECT kind, started_at, status, outcome FROM alerts \
-         WHERE supervisee_id = $1 AND started_at >= $2 AND started_at <= $3 \
-           AND kind = ANY($4) ORDER BY started_at LIMIT $5",
-    )
-    .bind(id)
-    .bind(period_start)
-    .bind(now)
-    .bind(
-        VIOLATION_KINDS
-            .iter()
-            .chain(EQUIPMENT_KINDS.iter())
-            .copied()
-            .collect::<Vec<_>>(),
-    )
-    .bind(MAX_ALERTS + 1)
-    .fetch_all(&mut *tx)
-    .await?;
-    if alert_rows.len() as i64 > MAX_ALERTS {
-        return Err(ApiError::field(
-            "days",
-            "too many alerts to summarise: ask for fewer days",
-        ));
-    }
-
-    let rules: Vec<HomeRule> = sqlx::query(
-        "SELECT rule_id, schedule, created_at, retired_at FROM rules \
-         WHERE supervisee_id = $1 AND role = 'home' \
-           AND (retired_at IS NULL OR retired_at > $2)",
-    )
-    .bind(id)
-    .bind(period_start)
-    .fetch_all(&mut *tx)
-    .await?
-    .iter()
-    .filter_map(|r| {
-        let schedule: Option<serde_json::Value> = r.get("schedule");
-        let windows = match schedule {
-            None | Some(serde_json::Value::Null) => None,
-            Some(v) => match Schedule::from_json(&v).ok().and_then(|s| windows_of(&s)) {
-                Some(w) => Some(w),
-                None => {
-                    tracing::warn!(
-                        rule_id = r.get::<i64, _>("rule_id"),
-                        "compliance: unreadable schedule skipped"
-                    );
-                    return None;
-                }
-            },
-        };
-        Some(HomeRule {
-            rule_id: r.get("rule_id"),
-            windows,
-            created_at: r.get("created_at"),
-            retired_at: r.get("retired_at"),
-        })
-    })
-    .collect();
-    let exceptions: Vec<(Option<i64>, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT rule_id, starts_at, ends_at FROM rule_exceptions \
-         WHERE supervisee_id = $1 AND ends_at > $2",
-    )
-    .bind(id)
-    .bind(period_start)
-    .fetch_all(&mut *tx)
-    .await?;
+    let alert_rows = counted_alerts(&mut tx, id, period_start, now).await?;
+    let rules = home_rules(&mut tx, id, period_start).await?;
+    let exceptions = absences(&mut tx, id, period_start).await?;
 
     // Days, oldest first; index by offset from `first`.
     let n = days as usize;
@@ -367,10 +304,10 @@ pub async fn compliance(
 
     let (mut battery_alerts, mut no_signal_alerts) = (0i64, 0i64);
     for r in &alert_rows {
-        let kind: &str = r.get("kind");
-        let t: DateTime<Utc> = r.get("started_at");
-        let resolved = r.get::<&str, _>("status") == "resolved";
-        let outcome: Option<&str> = r.get("outcome");
+        let kind = r.kind.as_str();
+        let t = r.started_at;
+        let resolved = r.status == "resolved";
+        let outcome = r.outcome.as_deref();
         let excused_by = |list: &[&str]| resolved && outcome.is_some_and(|o| list.contains(&o));
         if VIOLATION_KINDS.contains(&kind) {
             if excused_by(&VIOLATION_EXCUSED) {
@@ -449,8 +386,8 @@ pub async fn compliance(
     }
     summary.push('.');
 
-    audit::record_pg(
-        &mut *tx,
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -477,7 +414,467 @@ pub async fn compliance(
     }))
 }
 
+/// An alert of a counted kind, as far as the summary needs it.
+struct AlertRow {
+    kind: String,
+    started_at: DateTime<Utc>,
+    status: String,
+    outcome: Option<String>,
+}
+
+/// The supervisee's violation and equipment alerts that started in
+/// `[from, until]`, oldest first (422 naming `days` beyond [`MAX_ALERTS`]).
+async fn counted_alerts(
+    tx: &mut Tx,
+    supervisee_id: i64,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<AlertRow>, ApiError> {
+    let kinds: Vec<String> = VIOLATION_KINDS
+        .iter()
+        .chain(EQUIPMENT_KINDS.iter())
+        .map(|k| (*k).to_owned())
+        .collect();
+    // The kind list is an array on PostgreSQL and JSON text on SQLite.
+    let rows = Q::split(
+        "SELECT kind, started_at, status, outcome FROM alerts \
+         WHERE supervisee_id = $1 AND started_at >= $2 AND started_at <= $3 \
+           AND kind = ANY($4) ORDER BY started_at LIMIT $5",
+        "SELECT kind, started_at, status, outcome FROM alerts \
+         WHERE supervisee_id = $1 AND started_at >= $2 AND started_at <= $3 \
+           AND kind IN (SELECT value FROM json_each($4)) ORDER BY started_at LIMIT $5",
+    )
+    .bind(supervisee_id)
+    .bind(from)
+    .bind(until)
+    .bind(kinds)
+    .bind(MAX_ALERTS + 1)
+    .fetch_all(tx)
+    .await?;
+    if rows.len() as i64 > MAX_ALERTS {
+        return Err(ApiError::field(
+            "days",
+            "too many alerts to summarise: ask for fewer days",
+        ));
+    }
+    Ok(rows
+        .iter()
+        .map(|r| AlertRow {
+            kind: r.get("kind"),
+            started_at: r.get("started_at"),
+            status: r.get("status"),
+            outcome: r.get("outcome"),
+        })
+        .collect())
+}
+
+/// The supervisee's home rules not retired before `from`; a rule whose
+/// schedule cannot be read is skipped (and logged) rather than failing the
+/// whole summary.
+async fn home_rules(
+    tx: &mut Tx,
+    supervisee_id: i64,
+    from: DateTime<Utc>,
+) -> Result<Vec<HomeRule>, ApiError> {
+    let rows = Q::new(
+        "SELECT rule_id, schedule, created_at, retired_at FROM rules \
+         WHERE supervisee_id = $1 AND role = 'home' \
+           AND (retired_at IS NULL OR retired_at > $2)",
+    )
+    .bind(supervisee_id)
+    .bind(from)
+    .fetch_all(tx)
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let rule_id: i64 = r.get("rule_id");
+            let windows = match r.json_opt("schedule") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(v) => match Schedule::from_json(&v).ok().and_then(|s| windows_of(&s)) {
+                    Some(w) => Some(w),
+                    None => {
+                        tracing::warn!(rule_id, "compliance: unreadable schedule skipped");
+                        return None;
+                    }
+                },
+            };
+            Some(HomeRule {
+                rule_id,
+                windows,
+                created_at: r.get("created_at"),
+                retired_at: r.get("retired_at"),
+            })
+        })
+        .collect())
+}
+
+/// Approved absences of the supervisee ending after `from`: (rule, or all
+/// rules when none; start; end).
+async fn absences(
+    tx: &mut Tx,
+    supervisee_id: i64,
+    from: DateTime<Utc>,
+) -> Result<Vec<(Option<i64>, DateTime<Utc>, DateTime<Utc>)>, ApiError> {
+    let rows = Q::new(
+        "SELECT rule_id, starts_at, ends_at FROM rule_exceptions \
+         WHERE supervisee_id = $1 AND ends_at > $2",
+    )
+    .bind(supervisee_id)
+    .bind(from)
+    .fetch_all(tx)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get("rule_id"), r.get("starts_at"), r.get("ends_at")))
+        .collect())
+}
+
 /// Routes of this module.
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new().routes(routes!(compliance))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+
+    use super::*;
+    use crate::api::positions::tests::{
+        add_device, add_officer, add_supervisee, assign, at, audits, lite_db, lite_state, officer,
+    };
+    use crate::store::sql::Db;
+
+    async fn add_alert(
+        db: &Db,
+        device_key: i64,
+        supervisee_id: i64,
+        kind: &str,
+        started: DateTime<Utc>,
+        outcome: Option<&str>,
+    ) {
+        Q::new(
+            "INSERT INTO alerts (device_key, supervisee_id, kind, severity, confidence, \
+               started_at, raised_at, last_evidence_at, explanation, condition_ended_at, \
+               status, outcome, resolution_note) \
+             VALUES ($1, $2, $3, 'high', 'confirmed', $4, $4, $4, 'x', $4, \
+               CASE WHEN $5 IS NULL THEN 'open' ELSE 'resolved' END, $5, \
+               CASE WHEN $5 IS NULL THEN NULL ELSE 'checked' END)",
+        )
+        .bind(device_key)
+        .bind(supervisee_id)
+        .bind(kind)
+        .bind(started)
+        .bind(outcome)
+        .execute(db)
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn counted_alerts_filter_kinds_and_period_on_sqlite() {
+        let db = lite_db().await;
+        add_officer(&db, "o1", None).await;
+        let alice = add_supervisee(&db, "alice", "o1").await;
+        let bob = add_supervisee(&db, "bob", "o1").await;
+        let dev = add_device(&db, "d1").await;
+        let t0 = at(2026, 10, 1, 0, 0, 0);
+        let now = t0 + TimeDelta::days(3);
+        add_alert(
+            &db,
+            dev,
+            alice,
+            "curfew_violation",
+            t0 + TimeDelta::days(2),
+            None,
+        )
+        .await;
+        add_alert(
+            &db,
+            dev,
+            alice,
+            "battery_low",
+            t0 + TimeDelta::hours(1),
+            Some("equipment_fault"),
+        )
+        .await;
+        // Not a counted kind, before the period, after now, someone else's.
+        add_alert(
+            &db,
+            dev,
+            alice,
+            "victim_proximity_lost",
+            t0 + TimeDelta::hours(2),
+            None,
+        )
+        .await;
+        add_alert(
+            &db,
+            dev,
+            alice,
+            "no_signal",
+            t0 - TimeDelta::seconds(1),
+            None,
+        )
+        .await;
+        add_alert(
+            &db,
+            dev,
+            alice,
+            "no_signal",
+            now + TimeDelta::milliseconds(1),
+            None,
+        )
+        .await;
+        add_alert(&db, dev, bob, "no_signal", t0 + TimeDelta::hours(3), None).await;
+        // Exactly at `now` counts (the period's end is inclusive).
+        add_alert(&db, dev, alice, "strap_tamper", now, None).await;
+
+        let mut tx = db.begin().await.unwrap();
+        let rows = counted_alerts(&mut tx, alice, t0, now).await.unwrap();
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.kind.as_str(),
+                    r.started_at,
+                    r.status.as_str(),
+                    r.outcome.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "battery_low",
+                    t0 + TimeDelta::hours(1),
+                    "resolved",
+                    Some("equipment_fault")
+                ),
+                ("curfew_violation", t0 + TimeDelta::days(2), "open", None),
+                ("strap_tamper", now, "open", None),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn home_rules_and_absences_read_on_sqlite() {
+        let db = lite_db().await;
+        add_officer(&db, "o1", None).await;
+        let alice = add_supervisee(&db, "alice", "o1").await;
+        let t0 = at(2026, 10, 1, 0, 0, 0);
+        let mut zone_ids = Vec::new();
+        for z in ["home1", "home2", "home3", "home4", "park"] {
+            zone_ids.push(
+                Q::new("INSERT INTO zones (zone_ref, name) VALUES ($1, $1) RETURNING zone_id")
+                    .bind(z)
+                    .scalar::<i64>(&db)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let night = serde_json::json!({"windows": [{"days": ["mon", "tue"], "start": "21:00", "end": "07:00"}]});
+        let rules = [
+            // Scheduled; always; unreadable (skipped); retired before the
+            // period; not a home rule.
+            ("home", zone_ids[0], Some(night), None),
+            ("home", zone_ids[1], None, None),
+            (
+                "home",
+                zone_ids[2],
+                Some(serde_json::json!({"windows": "nightly"})),
+                None,
+            ),
+            ("home", zone_ids[3], None, Some(t0 - TimeDelta::days(1))),
+            ("inclusion", zone_ids[4], None, None),
+        ];
+        let mut ids = Vec::new();
+        for (role, zone_id, schedule, retired) in rules {
+            ids.push(
+                Q::new(
+                    "INSERT INTO rules (supervisee_id, role, zone_id, schedule, retired_at, \
+                       created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING rule_id",
+                )
+                .bind(alice)
+                .bind(role)
+                .bind(zone_id)
+                .bind(schedule)
+                .bind(retired)
+                .bind(t0 - TimeDelta::days(10))
+                .scalar::<i64>(&db)
+                .await
+                .unwrap(),
+            );
+        }
+        for (rule_id, start, end) in [
+            (
+                Some(ids[0]),
+                t0 + TimeDelta::hours(20),
+                t0 + TimeDelta::hours(32),
+            ),
+            (None, t0 - TimeDelta::days(3), t0 - TimeDelta::days(2)),
+            (
+                None,
+                t0 - TimeDelta::days(1),
+                t0 + TimeDelta::milliseconds(1),
+            ),
+        ] {
+            Q::new(
+                "INSERT INTO rule_exceptions (supervisee_id, rule_id, starts_at, ends_at, reason, \
+                   created_by) VALUES ($1, $2, $3, $4, 'approved', 'o1')",
+            )
+            .bind(alice)
+            .bind(rule_id)
+            .bind(start)
+            .bind(end)
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+
+        let mut tx = db.begin().await.unwrap();
+        // Neither read is ordered (the summary does not depend on order).
+        let mut home = home_rules(&mut tx, alice, t0).await.unwrap();
+        home.sort_by_key(|r| r.rule_id);
+        assert_eq!(
+            home.iter().map(|r| r.rule_id).collect::<Vec<_>>(),
+            vec![ids[0], ids[1]]
+        );
+        let windows = home[0].windows.as_ref().expect("scheduled");
+        assert_eq!(windows.len(), 1);
+        assert_eq!(windows[0].days, 0b11);
+        assert_eq!(windows[0].start, NaiveTime::from_hms_opt(21, 0, 0).unwrap());
+        assert_eq!(windows[0].end, NaiveTime::from_hms_opt(7, 0, 0));
+        assert!(home[1].windows.is_none());
+        assert_eq!(home[0].created_at, t0 - TimeDelta::days(10));
+        assert_eq!(home[0].retired_at, None);
+
+        let mut away = absences(&mut tx, alice, t0).await.unwrap();
+        away.sort_by_key(|a| a.1);
+        assert_eq!(
+            away,
+            vec![
+                (
+                    None,
+                    t0 - TimeDelta::days(1),
+                    t0 + TimeDelta::milliseconds(1)
+                ),
+                (
+                    Some(ids[0]),
+                    t0 + TimeDelta::hours(20),
+                    t0 + TimeDelta::hours(32)
+                ),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_summary_on_sqlite() {
+        // Server time 2026-10-02T12:00:00.250Z; London is on BST (+1).
+        let (st, _dir) = lite_state().await;
+        let db = st.db.clone();
+        add_officer(&db, "o1", None).await;
+        let alice = add_supervisee(&db, "alice", "o1").await;
+        let dev = add_device(&db, "d1").await;
+        assign(&db, dev, alice, at(2026, 9, 25, 0, 0, 0), None).await;
+        let zone: i64 =
+            Q::new("INSERT INTO zones (zone_ref, name) VALUES ('h', 'h') RETURNING zone_id")
+                .scalar(&db)
+                .await
+                .unwrap();
+        Q::new(
+            "INSERT INTO rules (supervisee_id, role, zone_id, created_at) \
+             VALUES ($1, 'home', $2, $3)",
+        )
+        .bind(alice)
+        .bind(zone)
+        .bind(at(2026, 9, 20, 0, 0, 0))
+        .execute(&db)
+        .await
+        .unwrap();
+        add_alert(
+            &db,
+            dev,
+            alice,
+            "curfew_violation",
+            at(2026, 10, 1, 10, 0, 0),
+            None,
+        )
+        .await;
+        add_alert(
+            &db,
+            dev,
+            alice,
+            "exclusion_zone_entry",
+            at(2026, 10, 2, 9, 0, 0),
+            Some("gps_false_alarm"),
+        )
+        .await;
+        // 23:30 UTC on 29 Sep is 00:30 on the 30th in London.
+        add_alert(
+            &db,
+            dev,
+            alice,
+            "battery_low",
+            at(2026, 9, 29, 23, 30, 0),
+            None,
+        )
+        .await;
+
+        let Json(c) = compliance(
+            State(st.clone()),
+            officer("o1"),
+            AuditReason(None),
+            ApiPath(alice),
+            ApiQuery(ComplianceQuery { days: Some(3) }),
+        )
+        .await
+        .unwrap();
+        let days: Vec<_> = c
+            .daily
+            .iter()
+            .map(|d| {
+                (
+                    d.date.to_string(),
+                    d.monitored,
+                    d.violations,
+                    d.equipment_alerts,
+                    d.curfew_kept,
+                )
+            })
+            .collect();
+        assert_eq!(
+            days,
+            vec![
+                ("2026-09-30".to_owned(), true, 0, 1, Some(true)),
+                ("2026-10-01".to_owned(), true, 1, 0, Some(false)),
+                ("2026-10-02".to_owned(), true, 0, 0, Some(true)),
+            ]
+        );
+        assert_eq!(
+            (
+                c.monitored_days,
+                c.days_without_violations,
+                c.current_streak_days
+            ),
+            (3, 2, 1)
+        );
+        assert_eq!((c.curfew_nights_observed, c.curfew_nights_kept), (3, 2));
+        assert_eq!(c.equipment_care.battery_alerts, 1);
+        assert_eq!(c.summary, "1 day without violations; 2 of 3 curfews kept.");
+        let audit = audits(&db, "compliance.read").await;
+        assert_eq!(audit, vec![(Some(alice), serde_json::json!({"days": 3}))]);
+        assert!(matches!(
+            compliance(
+                State(st.clone()),
+                officer("o2"),
+                AuditReason(None),
+                ApiPath(alice),
+                ApiQuery(ComplianceQuery { days: Some(3) }),
+            )
+            .await,
+            Err(ApiError::NotFound)
+        ));
+    }
 }

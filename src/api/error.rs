@@ -241,25 +241,21 @@ impl From<sqlx::Error> for ApiError {
     /// Constraint violations the API did not anticipate become 409/422
     /// without the constraint text; connection trouble 503; the rest 500.
     fn from(e: sqlx::Error) -> Self {
-        if let sqlx::Error::Database(db) = &e {
-            match db.code().as_deref() {
-                Some("23505") | Some("23P01") => {
-                    return Self::Conflict("conflicts with an existing record".into())
-                }
-                Some("23503") => {
-                    return Self::Conflict("refers to a record that does not exist".into())
-                }
-                // Check violations; too long; out of range (numbers, dates:
-                // 22008 datetime overflow, 22007 bad datetime format).
-                Some("23514") | Some("22001") | Some("22003") | Some("22P02") | Some("22008")
-                | Some("22007") => {
-                    return Self::Validation(vec![FieldError::new(
-                        "body",
-                        "a value is out of the allowed range",
-                    )])
-                }
-                _ => {}
+        use crate::store::sql::{violation, Violation};
+        match violation(&e) {
+            Some(Violation::Unique) => {
+                return Self::Conflict("conflicts with an existing record".into())
             }
+            Some(Violation::ForeignKey) => {
+                return Self::Conflict("refers to a record that does not exist".into())
+            }
+            Some(Violation::Check) => {
+                return Self::Validation(vec![FieldError::new(
+                    "body",
+                    "a value is out of the allowed range",
+                )])
+            }
+            None => {}
         }
         // A value the driver cannot encode (e.g. a year outside PostgreSQL's
         // range) came from the request.
@@ -269,7 +265,11 @@ impl From<sqlx::Error> for ApiError {
                 "a value is out of the allowed range",
             )]);
         }
-        crate::store::postgres::classify(e).into()
+        if crate::store::sql::is_unavailable(&e) {
+            tracing::warn!(error = %e, "API: database unavailable");
+            return Self::Unavailable;
+        }
+        Self::Internal(e.to_string())
     }
 }
 

@@ -35,7 +35,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -44,10 +43,9 @@ use super::alerts::{ActionItem, EscalationItem};
 use super::audit::{self, AuditReason, Entry};
 use super::auth::{Principal, CASEWORK};
 use super::error::{ApiError, ApiPath, ApiQuery, FieldError, StdErrors};
-use super::positions::{
-    parse_range, subject, zones_in_force, FixRow, Span, ZoneInForce, FIXES_SQL,
-};
+use super::positions::{parse_range, span_fixes, subject, zones_in_force, Span, ZoneInForce};
 use super::ApiState;
+use crate::store::sql::{Db, Tx, Q};
 
 /// Longest period one export may cover.
 pub const EXPORT_MAX_DAYS: i64 = 400;
@@ -227,23 +225,13 @@ pub async fn export(
     .map_err(|_| ApiError::Unavailable)?
     .map_err(|_| ApiError::Unavailable)?;
 
-    let mut tx = st.pool.begin().await?;
-    // One snapshot: fixes, alerts and decisions agree with each other.
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = snapshot(&st.db).await?;
     let subj = subject(&mut tx, &who, id, from, to).await?;
 
     let mut fixes: Vec<Fix> = Vec::new();
     for (i, span) in subj.spans.iter().enumerate() {
         let room = max_fixes - fixes.len() as i64;
-        let rows: Vec<FixRow> = sqlx::query_as(FIXES_SQL)
-            .bind(span.device_key)
-            .bind(span.lo)
-            .bind(span.hi)
-            .bind(room + 1)
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows = span_fixes(&mut tx, span, None, room + 1).await?;
         if rows.len() as i64 > room {
             return Err(ApiError::field(
                 "to",
@@ -253,12 +241,12 @@ pub async fn export(
             ));
         }
         fixes.reserve(rows.len());
-        fixes.extend(rows.into_iter().map(|(t, lat, lon, acc_m, speed_mps)| Fix {
-            t,
-            lat,
-            lon,
-            acc_m,
-            speed_mps,
+        fixes.extend(rows.into_iter().map(|x| Fix {
+            t: x.t,
+            lat: x.lat,
+            lon: x.lon,
+            acc_m: x.acc_m,
+            speed_mps: x.speed_mps,
             span: i,
         }));
     }
@@ -298,10 +286,11 @@ pub async fn export(
     } = built?;
 
     // No audit record, no data: the record (with the digest) is written,
-    // in a statement of its own, before the body is returned; if it fails,
-    // the export fails.
-    audit::record_pg(
-        &st.pool,
+    // in a transaction of its own, before the body is returned; if it
+    // fails, the export fails.
+    let mut tx = st.db.begin().await?;
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         now,
@@ -311,6 +300,7 @@ pub async fn export(
         })),
     )
     .await?;
+    tx.commit().await?;
 
     let filename = format!(
         "supervisee-{id}-{}-{}.{}",
@@ -338,6 +328,25 @@ pub async fn export(
     ];
     drop(permit);
     Ok((StatusCode::OK, headers, body).into_response())
+}
+
+/// One consistent snapshot to read an export from, so that fixes, alerts
+/// and decisions agree with each other. PostgreSQL: a REPEATABLE READ
+/// transaction. SQLite: a transaction on a reader connection, which (WAL)
+/// reads one snapshot from its first statement to its end; the writer
+/// would serialise just as well, but would hold up ingest and every
+/// officer's decision while hundreds of thousands of fixes are read.
+async fn snapshot(db: &Db) -> Result<Tx, sqlx::Error> {
+    match db {
+        Db::Pg(_) => {
+            let mut tx = db.begin().await?;
+            Q::new("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut tx)
+                .await?;
+            Ok(tx)
+        }
+        Db::Lite(l) => Ok(Tx::Lite(l.read.begin().await?)),
+    }
 }
 
 /// An export body with its SHA-256 and what the audit record counts.
@@ -371,31 +380,48 @@ fn build(mut bundle: Bundle, format: Format) -> Result<Built, ApiError> {
     })
 }
 
+/// The alerts of one export with the position of their first positioned
+/// evidence. PostgreSQL: a LATERAL probe per alert.
+const ALERTS_SQL: &str =
+    "SELECT a.alert_id, a.kind, a.severity, a.confidence, d.device_id, a.started_at, \
+       a.raised_at, a.status, a.outcome, a.resolution_note, a.explanation, a.late, \
+       a.zone_id, a.zone_version, ev.lat, ev.lon \
+     FROM alerts a JOIN devices d ON d.device_key = a.device_key \
+     LEFT JOIN LATERAL (SELECT e.lat, e.lon FROM alert_evidence e \
+       WHERE e.alert_id = a.alert_id AND e.lat IS NOT NULL AND e.lon IS NOT NULL \
+       ORDER BY e.ord LIMIT 1) ev ON true \
+     WHERE a.supervisee_id = $1 AND a.raised_at >= $2 AND a.raised_at < $3 \
+     ORDER BY a.raised_at, a.alert_id LIMIT $4";
+
+/// [`ALERTS_SQL`] for SQLite (no LATERAL): the same evidence row, found as
+/// the lowest positioned `ord` of the alert and joined on the
+/// (alert_id, ord) key.
+const ALERTS_LITE: &str =
+    "SELECT a.alert_id, a.kind, a.severity, a.confidence, d.device_id, a.started_at, \
+       a.raised_at, a.status, a.outcome, a.resolution_note, a.explanation, a.late, \
+       a.zone_id, a.zone_version, ev.lat, ev.lon \
+     FROM alerts a JOIN devices d ON d.device_key = a.device_key \
+     LEFT JOIN alert_evidence ev ON ev.alert_id = a.alert_id AND ev.ord = ( \
+       SELECT min(e.ord) FROM alert_evidence e \
+       WHERE e.alert_id = a.alert_id AND e.lat IS NOT NULL AND e.lon IS NOT NULL) \
+     WHERE a.supervisee_id = $1 AND a.raised_at >= $2 AND a.raised_at < $3 \
+     ORDER BY a.raised_at, a.alert_id LIMIT $4";
+
 /// The supervisee's alerts raised in `[from, to)`, with decisions and
 /// escalations, oldest first.
 async fn read_alerts(
-    conn: &mut sqlx::PgConnection,
+    tx: &mut Tx,
     supervisee_id: i64,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<ExportAlert>, ApiError> {
-    let rows = sqlx::query(
-        "SELECT a.alert_id, a.kind, a.severity, a.confidence, d.device_id, a.started_at, \
-           a.raised_at, a.status, a.outcome, a.resolution_note, a.explanation, a.late, \
-           a.zone_id, a.zone_version, ev.lat, ev.lon \
-         FROM alerts a JOIN devices d ON d.device_key = a.device_key \
-         LEFT JOIN LATERAL (SELECT e.lat, e.lon FROM alert_evidence e \
-           WHERE e.alert_id = a.alert_id AND e.lat IS NOT NULL AND e.lon IS NOT NULL \
-           ORDER BY e.ord LIMIT 1) ev ON true \
-         WHERE a.supervisee_id = $1 AND a.raised_at >= $2 AND a.raised_at < $3 \
-         ORDER BY a.raised_at, a.alert_id LIMIT $4",
-    )
-    .bind(supervisee_id)
-    .bind(from)
-    .bind(to)
-    .bind(EXPORT_MAX_ALERTS + 1)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = Q::split(ALERTS_SQL, ALERTS_LITE)
+        .bind(supervisee_id)
+        .bind(from)
+        .bind(to)
+        .bind(EXPORT_MAX_ALERTS + 1)
+        .fetch_all(&mut *tx)
+        .await?;
     if rows.len() as i64 > EXPORT_MAX_ALERTS {
         return Err(ApiError::field(
             "to",
@@ -436,15 +462,18 @@ async fn read_alerts(
     }
     let ids: Vec<i64> = alerts.iter().map(|a| a.alert_id).collect();
     let index: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-    for r in sqlx::query(
+    // The id lists are arrays on PostgreSQL and JSON text on SQLite.
+    for r in Q::split(
         "SELECT alert_id, action, actor, at, outcome, note FROM alert_actions \
          WHERE alert_id = ANY($1) ORDER BY alert_id, action_id",
+        "SELECT alert_id, action, actor, at, outcome, note FROM alert_actions \
+         WHERE alert_id IN (SELECT value FROM json_each($1)) ORDER BY alert_id, action_id",
     )
-    .bind(&ids)
-    .fetch_all(&mut *conn)
+    .bind(ids.clone())
+    .fetch_all(&mut *tx)
     .await?
     {
-        if let Some(&i) = index.get(&r.get::<i64, _>("alert_id")) {
+        if let Some(&i) = index.get(&r.get::<i64>("alert_id")) {
             alerts[i].actions.push(ActionItem {
                 action: r.get("action"),
                 actor: r.get("actor"),
@@ -454,16 +483,19 @@ async fn read_alerts(
             });
         }
     }
-    for r in sqlx::query(
+    for r in Q::split(
         "SELECT e.alert_id, e.level, e.at, o.officer_ref, e.to_group, e.reason \
          FROM alert_escalations e LEFT JOIN officers o ON o.officer_id = e.to_officer_id \
          WHERE e.alert_id = ANY($1) ORDER BY e.alert_id, e.level",
+        "SELECT e.alert_id, e.level, e.at, o.officer_ref, e.to_group, e.reason \
+         FROM alert_escalations e LEFT JOIN officers o ON o.officer_id = e.to_officer_id \
+         WHERE e.alert_id IN (SELECT value FROM json_each($1)) ORDER BY e.alert_id, e.level",
     )
-    .bind(&ids)
-    .fetch_all(&mut *conn)
+    .bind(ids)
+    .fetch_all(&mut *tx)
     .await?
     {
-        if let Some(&i) = index.get(&r.get::<i64, _>("alert_id")) {
+        if let Some(&i) = index.get(&r.get::<i64>("alert_id")) {
             alerts[i].escalations.push(EscalationItem {
                 level: r.get("level"),
                 at: r.get("at"),
@@ -821,5 +853,241 @@ mod tests {
         s.push('|');
         csv_field(&mut s, "-0.5");
         assert_eq!(s, "\"a,\"\"b\"\"\"|\"'=cmd()\"|-0.5");
+    }
+
+    use crate::api::positions::tests::{
+        add_device, add_fix, add_officer, add_supervisee, assign, at, audits, lite_db, lite_state,
+        officer,
+    };
+    use chrono::TimeDelta;
+
+    async fn add_alert(db: &Db, device_key: i64, supervisee_id: i64, raised: DateTime<Utc>) -> i64 {
+        Q::new(
+            "INSERT INTO alerts (device_key, supervisee_id, kind, severity, confidence, late, \
+               started_at, raised_at, last_evidence_at, explanation, condition_ended_at) \
+             VALUES ($1, $2, 'exclusion_zone_entry', 'high', 'confirmed', $3, $4, $4, $4, \
+               'entered', $4) RETURNING alert_id",
+        )
+        .bind(device_key)
+        .bind(supervisee_id)
+        .bind(raised.timestamp() % 2 == 0)
+        .bind(raised)
+        .scalar(db)
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn alerts_carry_first_positioned_evidence_decisions_and_escalations_on_sqlite() {
+        let db = lite_db().await;
+        add_officer(&db, "o1", None).await;
+        add_officer(&db, "boss", None).await;
+        let alice = add_supervisee(&db, "alice", "o1").await;
+        let bob = add_supervisee(&db, "bob", "o1").await;
+        let dev = add_device(&db, "d1").await;
+        let t0 = at(2026, 10, 1, 0, 0, 0);
+        let a1 = add_alert(&db, dev, alice, t0 + TimeDelta::hours(2)).await;
+        let a2 = add_alert(&db, dev, alice, t0 + TimeDelta::hours(1)).await;
+        let _outside = add_alert(&db, dev, alice, t0 + TimeDelta::days(2)).await;
+        let _bobs = add_alert(&db, dev, bob, t0 + TimeDelta::hours(1)).await;
+        // a1: a device report first (no position), then two positions.
+        for (ord, lat) in [(0i64, None), (1, Some(51.5)), (2, Some(52.0))] {
+            Q::new(
+                "INSERT INTO alert_evidence (alert_id, ord, fix_time, lat, lon, observation) \
+                 VALUES ($1, $2, $3, $4, $5, 'confirmed')",
+            )
+            .bind(a1)
+            .bind(ord)
+            .bind(t0)
+            .bind(lat)
+            .bind(lat.map(|_| -0.25))
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+        for (action, note) in [("acknowledge", None), ("note", Some("called"))] {
+            Q::new(
+                "INSERT INTO alert_actions (alert_id, action, actor, at, note) \
+                 VALUES ($1, $2, 'o1', $3, $4)",
+            )
+            .bind(a1)
+            .bind(action)
+            .bind(t0 + TimeDelta::hours(3))
+            .bind(note)
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+        Q::new(
+            "INSERT INTO alert_escalations (alert_id, level, at, to_officer_id, reason) \
+             VALUES ($1, 1, $2, (SELECT officer_id FROM officers WHERE officer_ref = 'boss'), \
+               'unacknowledged')",
+        )
+        .bind(a2)
+        .bind(t0 + TimeDelta::hours(4))
+        .execute(&db)
+        .await
+        .unwrap();
+
+        let mut tx = snapshot(&db).await.unwrap();
+        let subj = subject(&mut tx, &officer("o1"), alice, t0, t0 + TimeDelta::days(1))
+            .await
+            .unwrap();
+        assert_eq!(subj.case_ref, "alice");
+        let alerts = read_alerts(&mut tx, alice, t0, t0 + TimeDelta::days(1))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            alerts.iter().map(|a| a.alert_id).collect::<Vec<_>>(),
+            vec![a2, a1]
+        );
+        let (first, second) = (&alerts[0], &alerts[1]);
+        assert_eq!(first.pos, None);
+        assert!(first.actions.is_empty());
+        assert_eq!(first.escalations.len(), 1);
+        assert_eq!(first.escalations[0].level, 1);
+        assert_eq!(first.escalations[0].to_officer_ref.as_deref(), Some("boss"));
+        assert_eq!(first.late, (t0 + TimeDelta::hours(1)).timestamp() % 2 == 0);
+        assert_eq!(second.pos, Some((51.5, -0.25)));
+        assert_eq!(second.device_id, "d1");
+        assert_eq!(second.raised_at, t0 + TimeDelta::hours(2));
+        assert_eq!(
+            second
+                .actions
+                .iter()
+                .map(|x| (x.action.as_str(), x.note.as_deref()))
+                .collect::<Vec<_>>(),
+            vec![("acknowledge", None), ("note", Some("called"))]
+        );
+        assert!(second.escalations.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_sqlite_snapshot_is_consistent_and_leaves_the_writer_free() {
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SqliteConnectOptions::new()
+            .filename(dir.path().join("w.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .unwrap();
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&write)
+            .await
+            .unwrap();
+        let read = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts.read_only(true))
+            .await
+            .unwrap();
+        let db = Db::Lite(crate::store::sql::LitePools { write, read });
+        add_officer(&db, "o1", None).await;
+        let alice = add_supervisee(&db, "alice", "o1").await;
+        let dev = add_device(&db, "d1").await;
+        let t0 = at(2026, 10, 1, 0, 0, 0);
+        add_alert(&db, dev, alice, t0).await;
+
+        let mut snap = snapshot(&db).await.unwrap();
+        let before = read_alerts(&mut snap, alice, t0, t0 + TimeDelta::days(1))
+            .await
+            .unwrap();
+        // A write (ingest raising an alert) goes ahead while the export
+        // reads...
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            add_alert(&db, dev, alice, t0 + TimeDelta::hours(1)),
+        )
+        .await
+        .expect("the writer is not held by an export");
+        // ...and the export keeps reading the state it started from.
+        let after = read_alerts(&mut snap, alice, t0, t0 + TimeDelta::days(1))
+            .await
+            .unwrap();
+        snap.commit().await.unwrap();
+        assert_eq!((before.len(), after.len()), (1, 1));
+        let mut tx = db.begin().await.unwrap();
+        let now = read_alerts(&mut tx, alice, t0, t0 + TimeDelta::days(1))
+            .await
+            .unwrap();
+        assert_eq!(now.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn exports_in_three_formats_on_sqlite_carry_the_digest_of_their_bytes() {
+        let (st, _dir) = lite_state().await;
+        let db = st.db.clone();
+        add_officer(&db, "o1", None).await;
+        let alice = add_supervisee(&db, "alice", "o1").await;
+        let (d1, d2) = (add_device(&db, "d1").await, add_device(&db, "d2").await);
+        let t0 = at(2026, 10, 1, 0, 0, 0);
+        let swap = t0 + TimeDelta::hours(1);
+        assign(&db, d1, alice, t0 - TimeDelta::days(1), Some(swap)).await;
+        assign(&db, d2, alice, swap, None).await;
+        for i in 0..10i64 {
+            let t = t0 + TimeDelta::minutes(15 * i) + TimeDelta::milliseconds(500);
+            add_fix(&db, d1, t, i, 8.0).await;
+            add_fix(&db, d2, t, 100 + i, 4.0).await;
+        }
+        add_alert(&db, d1, alice, t0 + TimeDelta::minutes(20)).await;
+        let mut digests = Vec::new();
+        for (format, rows) in [("geojson", 10), ("csv", 10), ("gpx", 10)] {
+            let resp = export(
+                State(st.clone()),
+                officer("o1"),
+                AuditReason(None),
+                ApiPath(alice),
+                ApiQuery(ExportQuery {
+                    from: Some("2026-10-01T00:00:00Z".into()),
+                    to: Some("2026-10-02T00:00:00Z".into()),
+                    format: Some(format.into()),
+                }),
+            )
+            .await
+            .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let hex_header = resp.headers()["x-content-sha256"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            assert_eq!(hex::encode(Sha256::digest(&body)), hex_header);
+            let text = String::from_utf8(body.to_vec()).unwrap();
+            match format {
+                "geojson" => {
+                    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    let features = v["features"].as_array().unwrap();
+                    assert_eq!(features.len(), rows + 1);
+                    assert_eq!(features[0]["properties"]["record_type"], "alert");
+                    // d1 until the swap (4 fixes at :00, :15, :30, :45), d2 after.
+                    let devices: Vec<_> = features[1..]
+                        .iter()
+                        .map(|f| f["properties"]["device_id"].as_str().unwrap())
+                        .collect();
+                    assert_eq!(devices, [["d1"; 4].as_slice(), &["d2"; 6]].concat());
+                    assert_eq!(v["waypoint_export"]["devices"].as_array().unwrap().len(), 2);
+                }
+                "csv" => {
+                    let lines: Vec<_> = text.lines().collect();
+                    assert_eq!(lines.len(), rows + 1);
+                    assert_eq!(lines[1], "2026-10-01T00:00:00.500Z,51,-0.1,8,,d1");
+                }
+                _ => assert_eq!(text.matches("<trkpt ").count(), rows),
+            }
+            let audit = audits(&db, &format!("export.{format}")).await;
+            assert_eq!(audit.len(), 1);
+            assert_eq!(audit[0].1["sha256"], hex_header);
+            assert_eq!(audit[0].1["rows"], rows);
+            digests.push(hex_header);
+        }
+        digests.dedup();
+        assert_eq!(digests.len(), 3);
     }
 }

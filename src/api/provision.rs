@@ -99,12 +99,9 @@ async fn apply(db: &Db, scenario: &Scenario, actor: &str) -> Result<LoadReport, 
         Db::Pg(pool) => Ok(PgStore::from_pool(pool.clone())
             .apply_scenario(scenario, actor)
             .await?),
-        // The SQLite store's loader (SqliteStore::apply_scenario) is being
-        // written beside this module; until it is wired here the endpoint
-        // refuses rather than loading half a document another way.
-        Db::Lite(_) => Err(ApiError::Internal(
-            "provisioning through the API is not available on SQLite yet".into(),
-        )),
+        Db::Lite(pools) => Ok(crate::store::sqlite::SqliteStore::from_pools(pools)
+            .apply_scenario(scenario, actor)
+            .await?),
     }
 }
 

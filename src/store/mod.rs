@@ -437,12 +437,11 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Cheap reachability check for readiness.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// The database the officer API ([`crate::api`]) queries, where this
-    /// backend serves it. The API talks to PostgreSQL directly today; the
-    /// embedded backend will bring its own.
-    fn officer_api_pool(&self) -> Option<sqlx::PgPool> {
-        None
-    }
+    /// The database the officer API ([`crate::api`]) and the CLI query,
+    /// through the backend-neutral [`sql`] interface. PostgreSQL gives the
+    /// API a pool of its own (heavy reads never starve ingest); SQLite
+    /// shares its one writer.
+    fn api_db(&self) -> sql::Db;
 }
 
 /// Item rejections and whole-message rejections share one table; this is the

@@ -85,11 +85,13 @@ impl Db {
         }
     }
 
-    /// Begins a transaction (on SQLite, on the writer).
+    /// Begins a transaction (on SQLite, on the writer, taking the write
+    /// lock at once: another process's writer then makes it wait in the
+    /// busy handler instead of failing at its first write).
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
             Self::Pg(p) => Tx::Pg(p.begin().await?),
-            Self::Lite(l) => Tx::Lite(l.write.begin().await?),
+            Self::Lite(l) => Tx::Lite(l.write.begin_with("BEGIN IMMEDIATE").await?),
         })
     }
 }
@@ -543,8 +545,9 @@ pub fn violation(e: &sqlx::Error) -> Option<Violation> {
         _ => match db.code().as_deref() {
             // Exclusion constraint (overlapping ranges).
             Some("23P01") => Some(Violation::Unique),
-            // PostgreSQL: value too long, out of range, bad text form, bad datetime.
-            Some("22001" | "22003" | "22P02" | "22008") => Some(Violation::Check),
+            // PostgreSQL: value too long, out of range, bad text form, bad
+            // datetime (overflow, format).
+            Some("22001" | "22003" | "22P02" | "22008" | "22007") => Some(Violation::Check),
             // SQLite: a trigger's RAISE(ABORT) (SQLITE_CONSTRAINT_TRIGGER)
             // is how the schema expresses what PostgreSQL's exclusion
             // constraints say.
@@ -554,22 +557,26 @@ pub fn violation(e: &sqlx::Error) -> Option<Violation> {
     }
 }
 
-/// Whether the database is busy or gone (retry later) rather than refusing.
+/// Whether the database is busy or gone (retry later) rather than refusing
+/// the statement: the same split as the stores' own classification.
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-            // PostgreSQL: connection, shutdown, statement timeout,
-            // serialization / deadlock. SQLite: SQLITE_BUSY (5) and
-            // SQLITE_LOCKED (6) with their extended codes.
-            c.starts_with("08")
-                || c.starts_with("57")
-                || c == "40001"
-                || c == "40P01"
-                || c.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| match c.parse::<u32>() {
+            // SQLite result codes (the primary code is the low byte): busy,
+            // locked, I/O error, cannot open.
+            Ok(n) => matches!(n & 0xff, 5 | 6 | 10 | 14),
+            // PostgreSQL SQLSTATE classes: 08 connection, 40 rollback
+            // (deadlock, serialization), 53 resources, 57 operator
+            // intervention (shutdown, statement timeout), 58 system error.
+            Err(_) => ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|class| c.starts_with(class)),
         }),
         _ => false,
     }

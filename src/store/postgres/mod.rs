@@ -560,8 +560,8 @@ impl Store for PgStore {
         alerts::list(&self.pool, filter).await
     }
 
-    fn officer_api_pool(&self) -> Option<sqlx::PgPool> {
-        Some(self.pool.clone())
+    fn api_db(&self) -> crate::store::sql::Db {
+        crate::api::pool_for_api(&self.pool)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

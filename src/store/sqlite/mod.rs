@@ -231,6 +231,19 @@ impl SqliteStore {
     }
 
     /// Starts a write transaction on the writer connection.
+    /// The store behind `pools` (opened by [`SqliteStore::open`]), for
+    /// code that holds the API's handle to it ([`crate::store::sql::Db`]).
+    pub fn from_pools(pools: &crate::store::sql::LitePools) -> Self {
+        Self {
+            write: pools.write.clone(),
+            read: pools.read.clone(),
+            path: PathBuf::new(),
+        }
+    }
+
+    /// Begins a write transaction (`BEGIN IMMEDIATE`: the write lock is
+    /// taken at once, so another process's writer makes it wait in the busy
+    /// handler instead of failing at its first write).
     pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
         self.write.begin_with(BEGIN_WRITE).await.map_err(classify)
     }
@@ -434,6 +447,14 @@ async fn claim(
 }
 
 impl Store for SqliteStore {
+    /// The API shares the one writer: SQLite has no second one to give it.
+    fn api_db(&self) -> crate::store::sql::Db {
+        crate::store::sql::Db::Lite(crate::store::sql::LitePools {
+            write: self.write_pool().clone(),
+            read: self.read_pool().clone(),
+        })
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.write).await?;
         Ok(())
