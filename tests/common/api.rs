@@ -26,7 +26,7 @@ use waypoint::api::auth::{create_token, Role};
 use waypoint::api::{ApiConfig, ApiState};
 use waypoint::clock::{ManualClock, SharedClock};
 use waypoint::store::postgres::PgStore;
-use waypoint::store::sql::{Db, LitePools, On, Q};
+use waypoint::store::sql::{Db, On, Q};
 use waypoint::store::sqlite::SqliteStore;
 use waypoint::store::{AlertWrites, Store};
 
@@ -89,7 +89,7 @@ impl ApiDb {
             Backend::Pg => {
                 let t = TestDb::new().await;
                 Self {
-                    db: Db::Pg(t.pool.clone()),
+                    db: t.store().api_db(),
                     store: AnyStore::Pg(t.store()),
                     pg: Some(t),
                     _dir: None,
@@ -102,11 +102,7 @@ impl ApiDb {
                     .expect("SQLite store opens");
                 store.migrate().await.expect("SQLite migrations apply");
                 Self {
-                    // The store's own pools: one writer, read-only readers.
-                    db: Db::Lite(LitePools {
-                        write: store.write_pool().clone(),
-                        read: store.read_pool().clone(),
-                    }),
+                    db: store.api_db(),
                     store: AnyStore::Lite(store),
                     pg: None,
                     _dir: Some(dir),
@@ -227,10 +223,12 @@ impl Serves for ApiDb {
                 let pool = self.db.pg().expect("a PostgreSQL store has a pool");
                 spawn_pg_feed(pool, ob, cancel);
             }
-            // SQLite has no NOTIFY: the feed's own one-second poll picks up
-            // entries other writers (here: the fixtures) appended.
+            // SQLite has no NOTIFY: as in the embedded server (src/app.rs),
+            // the log is looked at every second for entries other writers
+            // (here: the fixtures) appended.
             AnyStore::Lite(s) => {
-                tokio::spawn(outbox::run_live(s.clone(), ob, cancel));
+                tokio::spawn(outbox::run_live(s.clone(), ob.clone(), cancel.clone()));
+                tokio::spawn(outbox::poll_wake(ob, Duration::from_secs(1), cancel));
             }
         }
     }
