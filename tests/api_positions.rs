@@ -803,7 +803,12 @@ async fn an_export_whose_audit_record_cannot_be_written_returns_no_data(backend:
     insert_fixes(db, dev, base, TimeDelta::minutes(1), 20).await;
     // The audit log refuses export records (as a full disk or a lost
     // connection would, after the data has been read and formatted).
-    // Each dialect's own trigger language; the refusal is the same.
+    // Each dialect's own trigger language, failing with an error the API
+    // does not anticipate. Not SQLite's RAISE: that is
+    // SQLITE_CONSTRAINT_TRIGGER, which store::sql reads as a conflict (the
+    // schema's overlap triggers use it); a runtime error inside the trigger
+    // (malformed JSON) is a plain SQLITE_ERROR, as PostgreSQL's RAISE
+    // EXCEPTION is an unclassified P0001.
     if let Some(pg) = db.pg() {
         sqlx::query(
             "CREATE FUNCTION refuse_export_audit() RETURNS trigger LANGUAGE plpgsql AS $$ \
@@ -819,7 +824,7 @@ async fn an_export_whose_audit_record_cannot_be_written_returns_no_data(backend:
          FOR EACH ROW EXECUTE FUNCTION refuse_export_audit()",
         "CREATE TRIGGER refuse_export_audit BEFORE INSERT ON audit_log \
          FOR EACH ROW WHEN NEW.action LIKE 'export.%' \
-         BEGIN SELECT RAISE(ABORT, 'audit refused'); END",
+         BEGIN SELECT json('audit refused'); END",
     )
     .execute(db)
     .await
