@@ -559,7 +559,7 @@ async fn a_thirty_day_track_of_43200_fixes(backend: Backend) {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["fixes"].as_array().unwrap().len(), 43_200);
     eprintln!(
-        "43200-fix track over HTTP: {took:?} to the last byte, {} bytes",
+        "43200-fix track over HTTP ({backend:?}): {took:?} to the last byte, {} bytes",
         body.len()
     );
 }
