@@ -76,7 +76,8 @@ pub struct ApiDb {
     pub db: Db,
     /// The same database as a [`Store`].
     pub store: AnyStore,
-    /// The PostgreSQL test database (dropped with the process's sweep).
+    /// The PostgreSQL test database (left for a later run's sweep, like
+    /// every [`TestDb`]).
     pg: Option<TestDb>,
     /// Holds the SQLite file; last, so it goes after the pools.
     _dir: Option<tempfile::TempDir>,
@@ -108,14 +109,6 @@ impl ApiDb {
                     _dir: Some(dir),
                 }
             }
-        }
-    }
-
-    /// Which backend this is.
-    pub fn backend(&self) -> Backend {
-        match self.store {
-            AnyStore::Pg(_) => Backend::Pg,
-            AnyStore::Lite(_) => Backend::Sqlite,
         }
     }
 
@@ -157,7 +150,8 @@ impl<'e> From<&'e ApiDb> for On<'e> {
 }
 
 /// Anything fixtures can write through: a test database on either backend,
-/// or (for the PostgreSQL-only suites: OpenAPI, dashboard, rules) a pool.
+/// or a PostgreSQL pool or [`TestDb`] (the PostgreSQL-only suites: OpenAPI,
+/// dashboard, rules, simulator).
 pub trait AsDb {
     /// The database as the API sees it.
     fn as_db(&self) -> Db;
@@ -235,9 +229,9 @@ impl Serves for ApiDb {
 }
 
 /// Shows the server's warnings and errors with a failing test's output
-/// (libtest captures them per test): a 500 or 503 then names the statement
-/// and the database's error, not only the problem type. `RUST_LOG`
-/// overrides the level.
+/// (libtest captures them per test): a 500 or 503 then comes with the
+/// database's error, not only the problem type. `RUST_LOG` overrides the
+/// level.
 fn log_to_test_output() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
