@@ -17,7 +17,7 @@ use rumqttc::v5::{AsyncClient as Client5, Event as Event5, EventLoop as EventLoo
 use waypoint::app::Running;
 use waypoint::broker::{BrokerError, BrokerOptions, EmbeddedBroker, INFLIGHT_PER_CONNECTION};
 use waypoint::clock::SystemClock;
-use waypoint::config::{Cli, Command};
+use waypoint::config::{AppConfig, Cli, Command};
 use waypoint::ingest::topic::native_topic;
 use waypoint::store::postgres::PgStore;
 
@@ -46,9 +46,9 @@ impl Server {
         }
     }
 
-    /// Starts it through `waypoint serve`'s flag parsing, as
-    /// tests/common's start_server does, and waits for /readyz.
-    async fn start(&self) -> Running {
+    /// Its configuration, through `waypoint serve`'s flag parsing as
+    /// tests/common's start_server does.
+    fn config(&self) -> AppConfig {
         let argv = [
             "waypoint",
             "serve",
@@ -72,7 +72,12 @@ impl Server {
         let Command::Serve(args) = Cli::try_parse_from(argv).expect("flags").command else {
             unreachable!()
         };
-        let cfg = args.to_config().expect("config");
+        args.to_config().expect("config")
+    }
+
+    /// Starts it and waits for /readyz.
+    async fn start(&self) -> Running {
+        let cfg = self.config();
         // What the server's client accepts bounds what the broker may accept.
         assert!(
             BrokerOptions::for_ingest(&cfg.mqtt).max_packet_bytes
@@ -231,6 +236,43 @@ async fn messages_unacked_at_shutdown_are_redelivered_to_the_next_start() {
     wait_acked(&second, 150).await;
     assert_eq!(db.count("SELECT count(DISTINCT seq) FROM fixes").await, 150);
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_devices_send_while_the_server_starts_is_kept_only_for_a_prepared_session() {
+    let broker = embedded();
+    let db = TestDb::new().await;
+    db.enroll("emb-s").await;
+    let publ = Publisher::connect_to(broker.local_addr().port(), None).await;
+
+    // Prepared: the broker keeps what arrives before the server connects.
+    let server = Server::new(&db.url, &broker);
+    broker
+        .prepare_ingest_session(&server.config().mqtt)
+        .expect("session prepared");
+    let topic = native_topic(&server.prefix, "emb-s");
+    for seq in 0..50 {
+        publ.publish(&topic, json_msg("emb-s", 1, seq, 1)).await;
+    }
+    publ.wait_broker_acks(50).await;
+    let srv = server.start().await;
+    wait_acked(&srv, 50).await;
+    assert_eq!(db.count("SELECT count(*) FROM messages").await, 50);
+    srv.stop().await;
+
+    // Not prepared: rumqttd acknowledges the publishes and routes them to
+    // nobody (the limit prepare_ingest_session exists for).
+    let late = Server::new(&db.url, &broker);
+    let topic = native_topic(&late.prefix, "emb-s");
+    for seq in 50..60 {
+        publ.publish(&topic, json_msg("emb-s", 1, seq, 1)).await;
+    }
+    publ.wait_broker_acks(60).await;
+    let srv = late.start().await;
+    publ.publish(&topic, json_msg("emb-s", 1, 60, 1)).await;
+    wait_acked(&srv, 1).await;
+    assert_eq!(db.count("SELECT count(*) FROM messages").await, 51);
+    srv.stop().await;
 }
 
 #[test]
