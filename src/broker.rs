@@ -266,8 +266,12 @@ impl EmbeddedBroker {
         }
         // Checked (and port 0 resolved) here, before rumqttd gets the port:
         // rumqttd would only log its bind failure in a thread of its own.
-        let device_addr = free_addr(addr)?;
-        let ingest_addr = free_addr(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0))?;
+        // Both are held until both are known, so that port 0 cannot be
+        // given out twice.
+        let device = check_bind(addr)?;
+        let ingest = check_bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0))?;
+        let (device_addr, ingest_addr) = (device.1, ingest.1);
+        drop((device.0, ingest.0));
 
         let config = rumqttd_config(device_addr, ingest_addr, &opts);
         let thread = std::thread::Builder::new()
@@ -361,7 +365,7 @@ impl EmbeddedBroker {
             }
             if Instant::now() > deadline {
                 return Err(BrokerError::Start(format!(
-                    "nothing listening on {pending:?} after {START_TIMEOUT:?}"
+                    "no MQTT CONNACK from {pending:?} within {START_TIMEOUT:?}"
                 )));
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -496,8 +500,8 @@ fn read_packet(s: &mut TcpStream) -> io::Result<(u8, Vec<u8>)> {
 }
 
 /// Binds `addr` to check it is usable (and to let the OS pick a port for
-/// port 0), then releases it for rumqttd.
-fn free_addr(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
+/// port 0); the caller releases the listener before rumqttd binds.
+fn check_bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BrokerError> {
     let listener = TcpListener::bind(addr).map_err(|source| match source.kind() {
         io::ErrorKind::AddrInUse => BrokerError::PortInUse {
             ip: addr.ip(),
@@ -509,9 +513,10 @@ fn free_addr(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
         },
         _ => BrokerError::Bind { addr, source },
     })?;
-    listener
+    let bound = listener
         .local_addr()
-        .map_err(|source| BrokerError::Bind { addr, source })
+        .map_err(|source| BrokerError::Bind { addr, source })?;
+    Ok((listener, bound))
 }
 
 /// rumqttd's configuration, built in code (no configuration file).
