@@ -603,9 +603,10 @@ async fn decide_in(
     read_detail(tx, who, alert_id).await
 }
 
-/// An officer's decision inside `tx`. On PostgreSQL this is the store's
-/// own [`officer_action_in`] (shared with the `waypoint alerts` CLI); on
-/// SQLite [`officer_action_lite`], which writes the same rows.
+/// An officer's decision inside `tx`: the store's own writer for the
+/// backend (shared with the `waypoint alerts` CLI), so a decision writes
+/// the same rows (status columns, one `alert_actions` row, one log entry)
+/// however it is made.
 async fn officer_action(
     tx: &mut Tx,
     alert_id: i64,
@@ -613,142 +614,30 @@ async fn officer_action(
     action: &OfficerAction,
     at: DateTime<Utc>,
 ) -> Result<(), ApiError> {
-    match tx {
-        Tx::Pg(t) => officer_action_in(t, alert_id, actor, action, at)
-            .await
-            .map_err(|e| match e {
-                StoreError::Invalid(m) => ApiError::Conflict(m),
-                e => e.into(),
-            }),
-        Tx::Lite(_) => officer_action_lite(tx, alert_id, actor, action, at).await,
-    }
-}
-
-/// [`officer_action_in`] for SQLite, statement for statement: the alert's
-/// status columns, one `alert_actions` row, and one log entry
-/// (`acknowledged`, `resolved` or `note`) with the alert as it now stands.
-/// Refusals are the same 409s and 404s.
-async fn officer_action_lite(
-    tx: &mut Tx,
-    alert_id: i64,
-    actor: &str,
-    action: &OfficerAction,
-    at: DateTime<Utc>,
-) -> Result<(), ApiError> {
-    action
-        .validate(actor)
-        .map_err(|e| ApiError::Conflict(e.to_string()))?;
-    let status: String = Q::new("SELECT status FROM alerts WHERE alert_id = $1")
-        .bind(alert_id)
-        .scalar_opt(&mut *tx)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let refuse =
-        |what: &str| ApiError::Conflict(format!("alert {alert_id} is {status}; cannot {what}"));
-    let (event, outcome, note) = match action {
-        OfficerAction::Acknowledge => {
-            if status != "open" {
-                return Err(refuse("acknowledge"));
-            }
-            Q::new(
-                "UPDATE alerts SET status = 'acknowledged', acknowledged_at = $2, \
-                 acknowledged_by = $3 WHERE alert_id = $1",
-            )
-            .bind(alert_id)
-            .bind(at)
-            .bind(actor)
-            .execute(&mut *tx)
-            .await?;
-            ("acknowledged", None, None)
+    let r = match tx {
+        Tx::Pg(t) => officer_action_in(t, alert_id, actor, action, at).await,
+        Tx::Lite(t) => {
+            crate::store::sqlite::alerts::officer_action_in(t, alert_id, actor, action, at).await
         }
-        OfficerAction::Resolve { outcome, note } => {
-            if status == "resolved" {
-                return Err(refuse("resolve"));
-            }
-            Q::new(
-                "UPDATE alerts SET status = 'resolved', resolved_at = $2, resolved_by = $3, \
-                 outcome = $4, resolution_note = $5, \
-                 acknowledged_at = COALESCE(acknowledged_at, $2), \
-                 acknowledged_by = COALESCE(acknowledged_by, $3) WHERE alert_id = $1",
-            )
-            .bind(alert_id)
-            .bind(at)
-            .bind(actor)
-            .bind(outcome.as_str())
-            .bind(note.as_str())
-            .execute(&mut *tx)
-            .await?;
-            ("resolved", Some(outcome.as_str()), Some(note.as_str()))
-        }
-        OfficerAction::Note(note) => ("note", None, Some(note.as_str())),
     };
-    Q::new(
-        "INSERT INTO alert_actions (alert_id, action, actor, at, outcome, note) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(alert_id)
-    .bind(action.as_str())
-    .bind(actor)
-    .bind(at)
-    .bind(outcome)
-    .bind(note)
-    .execute(&mut *tx)
-    .await?;
-    append_events(tx, &[(alert_id, event)], at).await
+    r.map_err(|e| match e {
+        StoreError::Invalid(m) => ApiError::Conflict(m),
+        e => e.into(),
+    })
 }
-
-/// The alert-log payload on SQLite: PostgreSQL's
-/// `to_jsonb(a) || jsonb_build_object('device_id', d.device_id)`, column by
-/// column (`alerts a` joined to `devices d`). Booleans and the `details`
-/// object are converted so the JSON has the same types as PostgreSQL's.
-const LITE_PAYLOAD: &str = "json_object('alert_id', a.alert_id, 'device_key', a.device_key, \
-     'supervisee_id', a.supervisee_id, 'kind', a.kind, 'severity', a.severity, \
-     'zone_id', a.zone_id, 'zone_version', a.zone_version, 'pairing_id', a.pairing_id, \
-     'rule_id', a.rule_id, 'confidence', a.confidence, \
-     'late', json(CASE WHEN a.late THEN 'true' ELSE 'false' END), \
-     'started_at', a.started_at, 'raised_at', a.raised_at, \
-     'last_evidence_at', a.last_evidence_at, 'evidence_count', a.evidence_count, \
-     'condition_ended_at', a.condition_ended_at, 'explanation', a.explanation, \
-     'details', json(a.details), 'status', a.status, 'acknowledged_at', a.acknowledged_at, \
-     'acknowledged_by', a.acknowledged_by, 'resolved_at', a.resolved_at, \
-     'resolved_by', a.resolved_by, 'outcome', a.outcome, \
-     'resolution_note', a.resolution_note, 'escalated_at', a.escalated_at, \
-     'device_id', d.device_id)";
 
 /// Appends `(alert_id, event type)` entries to the alert-event log inside
-/// `tx`, in the given order, each with the alert as it stands in `tx`.
-/// PostgreSQL takes ids from its counter row (the store's
-/// [`crate::store::postgres::alerts::append_events`]); SQLite's
-/// AUTOINCREMENT already hands them out in commit order (one writer), and
-/// rows are inserted in the SELECT's order.
+/// `tx`, in the given order, each with the alert as it stands in `tx`
+/// (the store's own log writer for the backend).
 pub(crate) async fn append_events(
     tx: &mut Tx,
     events: &[(i64, &'static str)],
     now: DateTime<Utc>,
 ) -> Result<(), ApiError> {
-    if events.is_empty() {
-        return Ok(());
+    match tx {
+        Tx::Pg(t) => crate::store::postgres::alerts::append_events(t, events, now).await?,
+        Tx::Lite(t) => crate::store::sqlite::alerts::append_events(t, events, now).await?,
     }
-    if let Tx::Pg(t) = tx {
-        crate::store::postgres::alerts::append_events(t, events, now).await?;
-        return Ok(());
-    }
-    let ids: Vec<i64> = events.iter().map(|e| e.0).collect();
-    let types: Vec<String> = events.iter().map(|e| e.1.to_owned()).collect();
-    // Only ever run on SQLite (PostgreSQL returned above).
-    Q::new(format!(
-        "INSERT INTO alert_events (alert_id, event_type, at, payload) \
-         SELECT a.alert_id, t.value, $3, {LITE_PAYLOAD} \
-         FROM json_each($1) u JOIN json_each($2) t ON t.key = u.key \
-         JOIN alerts a ON a.alert_id = u.value \
-         JOIN devices d ON d.device_key = a.device_key \
-         ORDER BY u.key"
-    ))
-    .bind(ids)
-    .bind(types)
-    .bind(now)
-    .execute(tx)
-    .await?;
     Ok(())
 }
 
