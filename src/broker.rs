@@ -5,7 +5,7 @@
 //! rumqttd speaks exactly one protocol version per listener (a v5 listener
 //! refuses a 3.1.1 CONNECT and vice versa), so the broker opens two, both on
 //! one router:
-//! - the **device listener** on the address asked for (`--mqtt-port`), MQTT
+//! - the **device listener** on the address asked for (`serve --embedded --mqtt-addr`, `demo --mqtt-port`), MQTT
 //!   3.1.1: what firmware-sim, OwnTracks and typical tags speak;
 //! - the **ingest listener** on a free loopback port chosen at start, MQTT
 //!   v5, for the server's own clients (the ingest session and the alert
@@ -202,7 +202,7 @@ impl BrokerOptions {
 pub enum BrokerError {
     /// Another program listens on the port.
     #[error(
-        "port {port} on {ip} is in use: pick another with --mqtt-port or stop the program using it"
+        "port {port} on {ip} is in use: pick another (serve --mqtt-addr, demo --mqtt-port) or stop the program using it"
     )]
     PortInUse {
         /// Address asked for.
@@ -211,7 +211,7 @@ pub enum BrokerError {
         port: u16,
     },
     /// The OS refused the port (below 1024 without the privilege).
-    #[error("not permitted to listen on port {port} on {ip} (ports below 1024 need privileges): pick another with --mqtt-port")]
+    #[error("not permitted to listen on port {port} on {ip} (ports below 1024 need privileges): pick another (serve --mqtt-addr, demo --mqtt-port)")]
     PortNotPermitted {
         /// Address asked for.
         ip: IpAddr,

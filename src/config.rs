@@ -228,16 +228,18 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub db: DbArgs,
     /// Run with nothing installed, for demos and pilots: an in-process MQTT
-    /// broker (on --mqtt-port) and a SQLite database (in --data-dir,
-    /// default `waypoint-data`) instead of --mqtt-url and --database-url.
-    /// See docs/embedded.md for its limits. A flag only, no environment
-    /// variable: a typo in a production environment can never start it.
-    #[arg(long, conflicts_with = "mqtt_url")]
+    /// broker (on --mqtt-addr) and a SQLite database (in --data-dir,
+    /// default `waypoint-data`); --mqtt-url and --database-url (and their
+    /// variables) do not apply. See docs/embedded.md for its limits. A flag
+    /// only, no environment variable: a typo in a production environment
+    /// can never start it.
+    #[arg(long)]
     pub embedded: bool,
-    /// Port of the embedded broker's device listener (MQTT 3.1.1), on
-    /// 127.0.0.1 (with --embedded).
-    #[arg(long, default_value_t = 1883, requires = "embedded")]
-    pub mqtt_port: u16,
+    /// Address of the embedded broker's device listener (MQTT 3.1.1; with
+    /// --embedded). It has no authentication or ACL: keep it on loopback
+    /// unless the network is trusted (docs/embedded.md).
+    #[arg(long, default_value = "127.0.0.1:1883", requires = "embedded")]
+    pub mqtt_addr: SocketAddr,
     /// Broker URL, `mqtt://[user:pass@]host[:port]`.
     #[arg(
         long,

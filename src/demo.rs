@@ -121,6 +121,33 @@ pub async fn run(
     };
     let mqtt = std::net::SocketAddr::from(([127, 0, 0, 1], args.mqtt_port));
     let emb = embedded::start(cfg, &data_dir, mqtt, Arc::new(SystemClock)).await?;
+    // Whatever happens next, the server drains and the database closes.
+    let result = show(args, &emb, data_dir, stop.clone()).await;
+    if result.is_ok() && !args.exit && !stop.is_cancelled() {
+        if !args.json {
+            println!(
+                "\nThe dashboard stays up at http://{}/ — Ctrl-C to stop.",
+                emb.running.http_addr
+            );
+        }
+        stop.cancelled().await;
+    }
+    let store = emb.store.clone();
+    emb.running.stop().await;
+    store.close().await;
+    result
+}
+
+/// Provisions the fleet, runs it with alerts printed live, and prints the
+/// summary.
+async fn show(
+    args: &DemoArgs,
+    emb: &embedded::Embedded,
+    data_dir: PathBuf,
+    stop: CancellationToken,
+) -> Result<Summary, DemoError> {
+    // Counted from here: a reused --data-dir holds earlier runs.
+    let started = SystemClock.now();
     let db = emb.store.api_db();
     let dashboard = format!("http://{}/", emb.running.http_addr);
 
@@ -215,14 +242,16 @@ pub async fn run(
     // Victims' devices are not counted as sent; people's devices are the
     // assigned ones.
     let fixes_stored: i64 = Q::new(
-        "SELECT count(*) FROM fixes \
-         WHERE device_key IN (SELECT device_key FROM device_assignments)",
+        "SELECT count(*) FROM fixes WHERE received_at >= $1 \
+         AND device_key IN (SELECT device_key FROM device_assignments)",
     )
+    .bind(started)
     .scalar(&db)
     .await
     .map_err(|e| DemoError::Results(e.to_string()))?;
     let mut alerts_by_kind = BTreeMap::new();
-    for r in Q::new("SELECT kind, count(*) AS n FROM alerts GROUP BY kind")
+    for r in Q::new("SELECT kind, count(*) AS n FROM alerts WHERE raised_at >= $1 GROUP BY kind")
+        .bind(started)
         .fetch_all(&db)
         .await
         .map_err(|e| DemoError::Results(e.to_string()))?
@@ -249,16 +278,6 @@ pub async fn run(
         stopped_early: report.load.stopped_early,
     };
     print_summary(&summary, args.json);
-    if !args.exit && !stop.is_cancelled() {
-        if !args.json {
-            println!(
-                "\nThe dashboard stays up at {} — Ctrl-C to stop.",
-                summary.dashboard
-            );
-        }
-        stop.cancelled().await;
-    }
-    emb.running.stop().await;
     Ok(summary)
 }
 

@@ -23,10 +23,7 @@ macro_rules! with_store {
     ($db:expr, $conns:expr, |$s:ident| $body:expr) => {
         match &$db.data_dir {
             Some(dir) => {
-                let $s = waypoint::store::sqlite::SqliteStore::open(dir)
-                    .await
-                    .with_context(|| format!("data directory {}", dir.display()))?;
-                $s.migrate().await?;
+                let $s = open_lite(dir, false).await?;
                 $body
             }
             None => {
@@ -60,14 +57,14 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let cfg = args.to_config()?;
-            let (running, _embedded) = if args.embedded {
+            let (running, embedded) = if args.embedded {
                 let dir = args
                     .db
                     .data_dir
                     .clone()
                     .unwrap_or_else(|| "waypoint-data".into());
-                let mqtt = std::net::SocketAddr::from(([127, 0, 0, 1], args.mqtt_port));
-                let e = waypoint::embedded::start(cfg, &dir, mqtt, Arc::new(SystemClock)).await?;
+                let e = waypoint::embedded::start(cfg, &dir, args.mqtt_addr, Arc::new(SystemClock))
+                    .await?;
                 tracing::info!(
                     data_dir = %dir.display(),
                     mqtt = %e.broker.local_addr(),
@@ -92,19 +89,51 @@ async fn main() -> anyhow::Result<()> {
                 _ = fatal.cancelled() => {}
             }
             running.stop().await;
+            // The broker's threads end with the process; the database is
+            // closed so its WAL is checkpointed into the file.
+            if let Some((_broker, store)) = embedded {
+                store.close().await;
+            }
             if fatal.is_cancelled() {
                 anyhow::bail!("ingest stopped after an internal failure (see the log above)");
             }
             tracing::info!("stopped");
         }
         Command::Demo(args) => {
+            // Every setting the demo's results depend on is given here, so
+            // WAYPOINT_* variables meant for a real deployment cannot change
+            // them (a flag wins over its variable). The ground truth of the
+            // fleet mirrors these rule settings.
+            let http = args.http_addr.to_string();
             let cli = Cli::try_parse_from([
                 "waypoint",
                 "serve",
                 "--http-addr",
-                &args.http_addr.to_string(),
+                &http,
                 "--mqtt-client-id",
                 "waypoint-demo",
+                "--topic-prefix",
+                "",
+                "--api",
+                "true",
+                "--publish-alerts",
+                "true",
+                "--gps-loss-secs",
+                "300",
+                "--no-signal-intervals",
+                "3",
+                "--battery-low-pct",
+                "20",
+                "--battery-critical-pct",
+                "10",
+                "--receive-maximum",
+                "5000",
+                "--max-payload-bytes",
+                "262144",
+                // rumqttd keeps 100 messages in flight per client whatever
+                // the client asks: short batches keep PUBACKs flowing.
+                "--batch-max-delay-ms",
+                "2",
             ])?;
             let Command::Serve(serve) = cli.command else {
                 unreachable!("parsed a serve command")
@@ -128,7 +157,11 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Migrate(db) => {
-            with_store!(db, 1, |_store| println!("migrations applied"));
+            match &db.data_dir {
+                Some(dir) => drop(open_lite(dir, true).await?),
+                None => drop(open_pg(&db, 1).await?),
+            }
+            println!("migrations applied");
         }
         Command::Devices { cmd } => devices(cmd).await?,
         Command::Scenario { cmd } => scenario(cmd).await?,
@@ -267,6 +300,27 @@ async fn alerts(cmd: AlertsCmd) -> anyhow::Result<()> {
         .await?);
     println!("alert {id}: {} recorded", action.as_str());
     Ok(())
+}
+
+/// Opens (and migrates) the embedded database in `dir`. Only `migrate` may
+/// create one: any other command given a mistyped directory would otherwise
+/// work on a new, empty database the server never sees.
+async fn open_lite(
+    dir: &std::path::Path,
+    create: bool,
+) -> anyhow::Result<waypoint::store::sqlite::SqliteStore> {
+    let file = dir.join(waypoint::store::sqlite::DB_FILE);
+    anyhow::ensure!(
+        create || file.is_file(),
+        "no Waypoint database in {} (is --data-dir the server's? `waypoint migrate --data-dir` \
+         creates one)",
+        dir.display()
+    );
+    let store = waypoint::store::sqlite::SqliteStore::open(dir)
+        .await
+        .with_context(|| format!("data directory {}", dir.display()))?;
+    store.migrate().await?;
+    Ok(store)
 }
 
 /// Creates the PostgreSQL database if missing, connects and migrates.

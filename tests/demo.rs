@@ -77,7 +77,7 @@ fn embedded_mode_refuses_unusable_ports_and_directories() {
     let port = taken.local_addr().unwrap().port().to_string();
     let out = waypoint()
         .args(["serve", "--embedded", "--http-addr", "127.0.0.1:0"])
-        .args(["--mqtt-port", &port, "--data-dir"])
+        .args(["--mqtt-addr", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir.path().join("data"))
         .output()
         .unwrap();
@@ -115,6 +115,17 @@ fn the_cli_works_on_the_embedded_database() {
         assert!(out.status.success(), "{args:?}: {text}\n{err}");
         text
     };
+    // Only `migrate` creates a database: a mistyped --data-dir must not
+    // quietly start an empty one beside the server's.
+    let out = waypoint()
+        .args(["tokens", "create", "--role", "admin", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no Waypoint database"));
+    assert!(!data.join("waypoint.db").exists());
+    run(&["migrate"]);
     let token = run(&["tokens", "create", "--role", "admin"]);
     assert!(token.trim().starts_with("wpt_"), "{token}");
     run(&["devices", "add", "tag-1"]);

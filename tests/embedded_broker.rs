@@ -284,7 +284,7 @@ fn a_taken_port_is_a_clear_error() {
     assert_eq!(
         err.to_string(),
         format!(
-            "port {} on 127.0.0.1 is in use: pick another with --mqtt-port or stop the program using it",
+            "port {} on 127.0.0.1 is in use: pick another (serve --mqtt-addr, demo --mqtt-port) or stop the program using it",
             addr.port()
         )
     );

@@ -494,17 +494,17 @@ pub async fn alert_detail(
     ApiPath(alert_id): ApiPath<i64>,
 ) -> Result<Json<AlertDetail>, ApiError> {
     who.require(CASEWORK)?;
-    let mut tx = st.db.begin().await?;
+    let mut tx = st.db.begin_read().await?;
     let d = read_detail(&mut tx, &who, alert_id).await?;
-    audit::record(
-        &mut tx,
+    tx.commit().await?;
+    audit::record_read(
+        &st.db,
         &who,
         &reason,
         st.clock.now(),
         Entry::alert("alert.read", alert_id, d.alert.supervisee_id),
     )
     .await?;
-    tx.commit().await?;
     Ok(Json(d))
 }
 

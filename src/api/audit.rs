@@ -130,6 +130,22 @@ pub async fn record(
     Ok(())
 }
 
+/// Writes one record in a transaction of its own, for reads: the data was
+/// read on a snapshot ([`Db::begin_read`]) and is returned only once this
+/// has committed. No audit record, no data.
+pub async fn record_read(
+    db: &Db,
+    who: &Principal,
+    reason: &AuditReason,
+    at: DateTime<Utc>,
+    e: Entry,
+) -> Result<(), ApiError> {
+    let mut tx = db.begin().await?;
+    record(&mut tx, who, reason, at, e).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// One audit record as auditors see it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AuditRecord {

@@ -248,7 +248,7 @@ pub async fn compliance(
         return Err(ApiError::field("days", "must be 1..=365"));
     }
     let now = st.clock.now();
-    let mut tx = st.db.begin().await?;
+    let mut tx = st.db.begin_read().await?;
     // Wide enough for any offset (±14 h); clipped to local days below.
     let wide_from = now - chrono::TimeDelta::days(days + 1);
     let subj = subject(&mut tx, &who, id, wide_from, now).await?;
@@ -386,15 +386,15 @@ pub async fn compliance(
     }
     summary.push('.');
 
-    audit::record(
-        &mut tx,
+    tx.commit().await?;
+    audit::record_read(
+        &st.db,
         &who,
         &reason,
         now,
         Entry::supervisee("compliance.read", id).with(json!({ "days": days })),
     )
     .await?;
-    tx.commit().await?;
     Ok(Json(Compliance {
         supervisee_id: id,
         time_zone: subj.time_zone,

@@ -265,11 +265,7 @@ impl From<sqlx::Error> for ApiError {
                 "a value is out of the allowed range",
             )]);
         }
-        if crate::store::sql::is_unavailable(&e) {
-            tracing::warn!(error = %e, "API: database unavailable");
-            return Self::Unavailable;
-        }
-        Self::Internal(e.to_string())
+        crate::store::sql::classify(e).into()
     }
 }
 

@@ -113,13 +113,23 @@ async fn escalate_due_at(db: &Db, cfg: &ApiConfig, now: DateTime<Utc>) -> Result
     if sevs.is_empty() {
         return Ok(0);
     }
-    let mut tx = db.begin().await?;
-    let rows = Q::split(DUE_PG, DUE_LITE)
+    let due = Q::split(DUE_PG, DUE_LITE)
         .bind(sevs)
         .bind(cutoffs)
-        .bind(ROUND)
-        .fetch_all(&mut tx)
-        .await?;
+        .bind(ROUND);
+    // SQLite: the usual answer, nothing due, is read on a reader; only when
+    // something is due is the single writer taken (and the question asked
+    // again under its lock). PostgreSQL's SKIP LOCKED needs the transaction.
+    if let Db::Lite(_) = db {
+        let mut peek = db.begin_read().await?;
+        let none = due.clone().fetch_optional(&mut peek).await?.is_none();
+        peek.commit().await?;
+        if none {
+            return Ok(0);
+        }
+    }
+    let mut tx = db.begin().await?;
+    let rows = due.fetch_all(&mut tx).await?;
     if rows.is_empty() {
         return Ok(0);
     }

@@ -288,9 +288,8 @@ pub async fn export(
     // No audit record, no data: the record (with the digest) is written,
     // in a transaction of its own, before the body is returned; if it
     // fails, the export fails.
-    let mut tx = st.db.begin().await?;
-    audit::record(
-        &mut tx,
+    audit::record_read(
+        &st.db,
         &who,
         &reason,
         now,
@@ -300,7 +299,6 @@ pub async fn export(
         })),
     )
     .await?;
-    tx.commit().await?;
 
     let filename = format!(
         "supervisee-{id}-{}-{}.{}",
@@ -345,7 +343,7 @@ async fn snapshot(db: &Db) -> Result<Tx, sqlx::Error> {
                 .await?;
             Ok(tx)
         }
-        Db::Lite(l) => Ok(Tx::Lite(l.read.begin().await?)),
+        Db::Lite(_) => db.begin_read().await,
     }
 }
 

@@ -199,8 +199,9 @@ pub async fn list_positions(
     let limit = super::limit_of(q.limit, 100, 200, &mut errs);
     super::done(errs)?;
     let now = st.clock.now();
-    let mut tx = st.db.begin().await?;
+    let mut tx = st.db.begin_read().await?;
     let mut items = latest_positions(&mut tx, &who, now, after, limit + 1).await?;
+    tx.commit().await?;
     let next_cursor = super::paginate(&mut items, limit, |p| p.supervisee_id);
     let seen: Vec<i64> = items
         .iter()
@@ -212,8 +213,7 @@ pub async fn list_positions(
         None,
         json!({ "count": seen.len(), "supervisee_ids": seen }),
     );
-    audit::record(&mut tx, &who, &reason, now, entry).await?;
-    tx.commit().await?;
+    audit::record_read(&st.db, &who, &reason, now, entry).await?;
     Ok(Json(Page { items, next_cursor }))
 }
 
@@ -235,19 +235,19 @@ pub async fn supervisee_position(
 ) -> Result<Json<LatestPosition>, ApiError> {
     who.require(CASEWORK)?;
     let now = st.clock.now();
-    let mut tx = st.db.begin().await?;
+    let mut tx = st.db.begin_read().await?;
     let p = latest_position(&mut tx, &who, now, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    audit::record(
-        &mut tx,
+    tx.commit().await?;
+    audit::record_read(
+        &st.db,
         &who,
         &reason,
         now,
         Entry::supervisee("position.read", id).with(json!({ "fix_time": p.fix_time })),
     )
     .await?;
-    tx.commit().await?;
     Ok(Json(p))
 }
 
@@ -678,7 +678,7 @@ pub async fn track(
     let (Some((from, to)), true) = (range, errs.is_empty()) else {
         return Err(ApiError::Validation(errs));
     };
-    let mut tx = st.db.begin().await?;
+    let mut tx = st.db.begin_read().await?;
     let subj = subject(&mut tx, &who, id, from, to).await?;
     let mut fixes: Vec<TrackFix> = Vec::new();
     for span in &subj.spans {
@@ -695,8 +695,9 @@ pub async fn track(
         fixes.sort_by_key(|f| f.t);
     }
     let zones = zones_in_force(&mut tx, id, from, to).await?;
-    audit::record(
-        &mut tx,
+    tx.commit().await?;
+    audit::record_read(
+        &st.db,
         &who,
         &reason,
         st.clock.now(),
@@ -705,7 +706,6 @@ pub async fn track(
         })),
     )
     .await?;
-    tx.commit().await?;
     Ok(Json(Track {
         supervisee_id: id,
         from,

@@ -312,10 +312,11 @@ async fn audited_feature(
     zone_id: i64,
     version: Option<i32>,
 ) -> Result<ZoneFeature, ApiError> {
-    let mut tx = st.db.begin().await?;
+    let mut tx = st.db.begin_read().await?;
     let f = read_feature(&mut tx, who, zone_id, version).await?;
-    audit::record(
-        &mut tx,
+    tx.commit().await?;
+    audit::record_read(
+        &st.db,
         who,
         reason,
         st.clock.now(),
@@ -326,7 +327,6 @@ async fn audited_feature(
         ),
     )
     .await?;
-    tx.commit().await?;
     Ok(f)
 }
 

@@ -31,6 +31,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::types::Json;
 use sqlx::{Decode, PgPool, Postgres, Row, Sqlite, SqlitePool, Type};
 
+use crate::store::StoreError;
+
 /// Which SQL a database speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -91,7 +93,25 @@ impl Db {
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
             Self::Pg(p) => Tx::Pg(p.begin().await?),
-            Self::Lite(l) => Tx::Lite(l.write.begin_with("BEGIN IMMEDIATE").await?),
+            Self::Lite(l) => Tx::Lite(
+                l.write
+                    .begin_with(crate::store::sqlite::BEGIN_WRITE)
+                    .await?,
+            ),
+        })
+    }
+}
+
+impl Db {
+    /// Begins a transaction for reading only: on SQLite on a reader
+    /// connection (WAL gives it one snapshot from its first statement to
+    /// its end) instead of the single writer, so a long read (a track, an
+    /// export, a compliance history) never holds up ingest or decisions.
+    /// Writes through it fail.
+    pub async fn begin_read(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Self::Pg(p) => Tx::Pg(p.begin().await?),
+            Self::Lite(l) => Tx::Lite(l.read.begin().await?),
         })
     }
 }
@@ -297,6 +317,25 @@ impl Q {
         self
     }
 
+    /// Times outside years 1..=9999 are refused before either database sees
+    /// them, as an encoding error (the API answers 422): PostgreSQL refuses
+    /// some of them itself, but SQLite keeps times as text, and a year
+    /// written with a sign or five digits would sort out of time order.
+    fn check(&self) -> Result<(), sqlx::Error> {
+        use chrono::Datelike;
+        let bad = self
+            .args
+            .iter()
+            .any(|a| matches!(a, Arg::Time(Some(t)) if !(1..=9999).contains(&t.year())));
+        if bad {
+            Err(sqlx::Error::Encode(
+                "a time outside the years 1 to 9999".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
     fn lite_sql(&self) -> Cow<'_, str> {
         match &self.lite {
             Some(s) => Cow::Borrowed(s),
@@ -306,6 +345,7 @@ impl Q {
 
     /// Every row.
     pub async fn fetch_all<'e>(self, on: impl Into<On<'e>>) -> Result<Vec<DbRow>, sqlx::Error> {
+        self.check()?;
         match on.into() {
             On::Db(Db::Pg(p)) => Ok(self
                 .pg_query()
@@ -348,6 +388,7 @@ impl Q {
         self,
         on: impl Into<On<'e>>,
     ) -> Result<Option<DbRow>, sqlx::Error> {
+        self.check()?;
         match on.into() {
             On::Db(Db::Pg(p)) => Ok(self.pg_query().fetch_optional(p).await?.map(DbRow::Pg)),
             On::Tx(Tx::Pg(t)) => Ok(self
@@ -382,6 +423,7 @@ impl Q {
 
     /// Runs it; the number of rows it changed.
     pub async fn execute<'e>(self, on: impl Into<On<'e>>) -> Result<u64, sqlx::Error> {
+        self.check()?;
         match on.into() {
             On::Db(Db::Pg(p)) => Ok(self.pg_query().execute(p).await?.rows_affected()),
             On::Tx(Tx::Pg(t)) => Ok(self.pg_query().execute(&mut **t).await?.rows_affected()),
@@ -474,7 +516,8 @@ fn lite_query<'q>(
             Arg::F32(v) => q.bind(v),
             Arg::Bool(v) => q.bind(v),
             Arg::Text(v) => q.bind(v),
-            Arg::Time(v) => q.bind(v),
+            // Microseconds, as PostgreSQL keeps them: both hold the same time.
+            Arg::Time(v) => q.bind(v.map(|t| chrono::SubsecRound::trunc_subsecs(t, 6))),
             Arg::Bytes(v) => q.bind(v),
             Arg::Json(v) => q.bind(v.map(Json)),
             // Serialising numbers and strings cannot fail.
@@ -568,28 +611,16 @@ pub fn violation(e: &sqlx::Error) -> Option<Violation> {
     }
 }
 
-/// Whether the database is busy or gone (retry later) rather than refusing
-/// the statement: the same split as the stores' own classification.
-pub fn is_unavailable(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| match c.parse::<u32>() {
-            // SQLite result codes (the primary code is the low byte): busy,
-            // locked, I/O error, cannot open.
-            Ok(n) => matches!(n & 0xff, 5 | 6 | 10 | 14),
-            // PostgreSQL SQLSTATE classes: 08 connection, 40 rollback
-            // (deadlock, serialization), 53 resources, 57 operator
-            // intervention (shutdown, statement timeout), 58 system error.
-            Err(_) => ["08", "40", "53", "57", "58"]
-                .iter()
-                .any(|class| c.starts_with(class)),
-        }),
-        _ => false,
+/// The store's classification of an error from either backend (SQLite's
+/// result codes or PostgreSQL's SQLSTATE classes): transient
+/// ([`StoreError::Unavailable`], [`StoreError::Contended`]) or about the data.
+pub fn classify(e: sqlx::Error) -> StoreError {
+    let from_sqlite = matches!(&e, sqlx::Error::Database(db)
+        if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some());
+    if from_sqlite {
+        crate::store::sqlite::classify(e)
+    } else {
+        crate::store::postgres::classify(e)
     }
 }
 

@@ -50,8 +50,10 @@ pub const DB_FILE: &str = "waypoint.db";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Read-only connections beside the writer: the directory, the rules loader,
-/// the outbox and readiness checks each hold one briefly.
-const READ_CONNECTIONS: u32 = 4;
+/// the outbox, the change pollers and readiness checks each hold one
+/// briefly; the officer API's reads (lists, tracks, streams) and up to two
+/// export snapshots held for a whole export share the rest.
+const READ_CONNECTIONS: u32 = 8;
 
 /// How often the change watchers read the `config_version` counters. There
 /// is no LISTEN/NOTIFY in SQLite, and another process (the CLI) may change
@@ -61,7 +63,7 @@ const POLL_EVERY: Duration = Duration::from_millis(500);
 
 /// How a write transaction starts: takes the write lock up front, so a
 /// transaction that reads before it writes never fails to upgrade.
-const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+pub(crate) const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
 /// SQLite store; cheap to clone (shares the pools).
 #[derive(Clone, Debug)]
@@ -230,7 +232,13 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Starts a write transaction on the writer connection.
+    /// Closes both pools once their connections are returned; the last
+    /// connection to close checkpoints the WAL into the database file.
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+
     /// The store behind `pools` (opened by [`SqliteStore::open`]), for
     /// code that holds the API's handle to it ([`crate::store::sql::Db`]).
     pub fn from_pools(pools: &crate::store::sql::LitePools) -> Self {
