@@ -213,7 +213,7 @@ mod tests {
         let no_team = alert(&w.db, 2, "critical", t0()).await;
         let not_yet = alert(&w.db, 1, "high", t0()).await;
         let at_cutoff = alert(&w.db, 2, "critical", cutoff).await;
-        let just_after = alert(&w.db, 1, "critical", cutoff + TimeDelta::nanoseconds(1)).await;
+        let just_after = alert(&w.db, 1, "critical", cutoff + TimeDelta::microseconds(1)).await;
         let acked = alert(&w.db, 1, "critical", t0()).await;
         reopen(&w.db, team).await;
         Q::new("UPDATE alerts SET status = 'acknowledged' WHERE alert_id = $1")

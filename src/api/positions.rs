@@ -1016,7 +1016,7 @@ pub(crate) mod tests {
         let dev = add_device(&db, "d1").await;
         let times = [
             at(2026, 10, 1, 0, 0, 0),
-            at(2026, 10, 1, 0, 0, 59) + TimeDelta::nanoseconds(999_999_999),
+            at(2026, 10, 1, 0, 0, 59) + TimeDelta::microseconds(999_999),
             at(2026, 10, 1, 0, 1, 0) + TimeDelta::milliseconds(500),
             at(2026, 10, 1, 0, 1, 1) + TimeDelta::microseconds(123_456),
             at(1999, 12, 31, 23, 59, 59) + TimeDelta::milliseconds(500),

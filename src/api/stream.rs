@@ -473,7 +473,7 @@ mod tests {
         let expiry = now + TimeDelta::seconds(30);
         assert_eq!(redeem_ticket(&w.db, &b, expiry).await.unwrap(), None);
         assert_eq!(
-            redeem_ticket(&w.db, &b, expiry - TimeDelta::nanoseconds(1))
+            redeem_ticket(&w.db, &b, expiry - TimeDelta::microseconds(1))
                 .await
                 .unwrap(),
             Some(1)
