@@ -23,7 +23,11 @@
 //!   [`INFLIGHT_PER_CONNECTION`] (a constant in rumqttd: 100) unacknowledged
 //!   QoS 1 publishes towards any client. That is below Waypoint's default
 //!   Receive Maximum (5000) so the shard queues cannot overflow; a server
-//!   configured with a Receive Maximum under 100 would see deferrals.
+//!   configured with a Receive Maximum under 100 would see deferrals. As
+//!   acks wait for commits, the window also caps ingest at about 100
+//!   messages per batch round trip: measured 5.2k–5.5k msg/s end to end
+//!   with the default 10 ms batch delay, ~9k–10k with 1–2 ms, against
+//!   17k–20k through Mosquitto in the same runs (docs/embedded.md).
 //! - **The client's Maximum Packet Size is ignored**: rumqttd forwards any
 //!   publish it accepted. A publish larger than the server's client accepts
 //!   would end the ingest connection on every redelivery, so the broker's
@@ -45,10 +49,13 @@
 //!   up there; once a filter's ring is full the oldest are dropped, and
 //!   rumqttd only logs a warning ("jumping to head"). Its memory is held
 //!   once filled, whether or not the messages were consumed.
-//! - **Messages published before the server has subscribed are dropped**
-//!   (acknowledged to the device, routed to nobody): each start of the
-//!   process is a fresh broker. The window is the server's start-up; start
-//!   devices (the demo fleet) after the server is ready.
+//! - **A publish that matches no subscription is dropped** (acknowledged to
+//!   the device, routed to nobody), and each start of the process is a
+//!   fresh broker: whatever devices send before the server's session
+//!   exists is lost. [`EmbeddedBroker::prepare_ingest_session`] creates that
+//!   session right after the broker starts, so the server's start-up (which
+//!   reads the database first) is covered; only the milliseconds between
+//!   the two calls are not.
 //! - **No topic ACL, no authentication, no TLS** (built without rumqttd's
 //!   TLS features): any client that reaches the port may publish as any
 //!   device and read every alert. Bind to loopback unless the network is
@@ -63,9 +70,11 @@
 //! how a taken or forbidden port becomes a clear [`BrokerError`]), picks a
 //! free port when asked for port 0, releases it and hands the concrete
 //! address to rumqttd, then waits until both listeners accept connections.
-//! Another program could take the port in the instant between the check
-//! and rumqttd's bind; that is detected only if it makes every rumqttd
-//! listener fail (the start then fails as [`BrokerError::Start`]).
+//! Readiness is an MQTT CONNECT of the listener's protocol version that
+//! must be accepted, not just a TCP connect. Another program could still
+//! take the port in the instant between the check and rumqttd's bind: if
+//! it is not an MQTT broker the start fails after 5 s
+//! ([`BrokerError::Start`]); if it is one, that goes unnoticed.
 //!
 //! ## Logging
 //! rumqttd logs through `tracing`: INFO for every connection and
@@ -93,6 +102,7 @@ use std::time::{Duration, Instant};
 use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
 
 use crate::ingest::mqtt::MqttConfig;
+use crate::ingest::topic;
 
 /// Unacknowledged QoS 1 publishes rumqttd sends any one client: a constant
 /// in rumqttd 0.20 (`MAX_INFLIGHT`), whatever Receive Maximum the client
@@ -136,7 +146,8 @@ pub struct BrokerOptions {
     /// Segments kept per filter: with `log_segment_bytes` this bounds both
     /// the memory of a filter and how much can wait for a slow server.
     pub log_segments: usize,
-    /// How long a new connection may take to send its CONNECT.
+    /// How long a new connection may take to send its CONNECT (at most
+    /// about 65 s: rumqttd keeps it as a `u16` of milliseconds).
     pub connect_timeout: Duration,
 }
 
@@ -218,6 +229,9 @@ pub enum BrokerError {
     /// Limits rumqttd cannot work with.
     #[error("invalid embedded broker options: {0}")]
     InvalidOptions(String),
+    /// The server's session could not be set up in advance.
+    #[error("cannot prepare the server's MQTT session on the embedded broker: {0}")]
+    IngestSession(String),
     /// rumqttd did not come up (its threads failed or never listened).
     #[error("the embedded MQTT broker did not start: {0}")]
     Start(String),
@@ -252,8 +266,12 @@ impl EmbeddedBroker {
         }
         // Checked (and port 0 resolved) here, before rumqttd gets the port:
         // rumqttd would only log its bind failure in a thread of its own.
-        let device_addr = free_addr(addr)?;
-        let ingest_addr = free_addr(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0))?;
+        // Both are held until both are known, so that port 0 cannot be
+        // given out twice.
+        let device = check_bind(addr)?;
+        let ingest = check_bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0))?;
+        let (device_addr, ingest_addr) = (device.1, ingest.1);
+        drop((device.0, ingest.0));
 
         let config = rumqttd_config(device_addr, ingest_addr, &opts);
         let thread = std::thread::Builder::new()
@@ -295,6 +313,28 @@ impl EmbeddedBroker {
         self.ingest_addr
     }
 
+    /// Creates the server's persistent session, subscribed to the ingest
+    /// filters, before the server itself connects: rumqttd routes a publish
+    /// only to subscriptions that exist when it arrives, so without this
+    /// everything devices send while the server is still starting is
+    /// acknowledged to them and dropped. When the server then connects with
+    /// the same client id (clean start off), it finds the session and
+    /// receives what was kept for it. Call right after [`Self::start`]; the
+    /// window left is the few milliseconds between the two.
+    pub fn prepare_ingest_session(&self, mqtt: &MqttConfig) -> Result<(), BrokerError> {
+        let filters = [
+            topic::native_filter(&mqtt.topic_prefix),
+            topic::owntracks_filter(&mqtt.topic_prefix),
+        ];
+        prepare_session(
+            self.ingest_addr,
+            &mqtt.client_id,
+            mqtt.session_expiry_secs,
+            &filters,
+        )
+        .map_err(|e| BrokerError::IngestSession(e.to_string()))
+    }
+
     /// False once rumqttd's listeners have all stopped.
     pub fn is_running(&self) -> bool {
         !self.thread.is_finished()
@@ -325,7 +365,7 @@ impl EmbeddedBroker {
             }
             if Instant::now() > deadline {
                 return Err(BrokerError::Start(format!(
-                    "nothing listening on {pending:?} after {START_TIMEOUT:?}"
+                    "no MQTT CONNACK from {pending:?} within {START_TIMEOUT:?}"
                 )));
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -342,32 +382,126 @@ fn mqtt_answers(addr: SocketAddr, version: u8) -> bool {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
         s.set_read_timeout(Some(Duration::from_millis(500)))?;
         s.set_write_timeout(Some(Duration::from_millis(500)))?;
-        let id = format!("waypoint-probe-{}", std::process::id());
-        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', version, 0x02, 0, 10];
+        // Clean session, keep-alive 10 s, (v5) no properties.
+        let mut connect = vec![0, 4, b'M', b'Q', b'T', b'T', version, 0x02, 0, 10];
         if version == 5 {
-            body.push(0); // no CONNECT properties
+            connect.push(0);
         }
-        // The id is short, so each length fits one byte.
-        body.extend([0, id.len() as u8]);
-        body.extend(id.as_bytes());
-        let mut packet = vec![0x10, body.len() as u8];
-        packet.extend(body);
-        s.write_all(&packet)?;
-        // CONNACK: type 0x20, then (v4) flags and return code, or (v5)
-        // flags, reason code and properties; success is code 0 either way.
-        let mut head = [0u8; 4];
-        s.read_exact(&mut head)?;
-        let accepted = head[0] == 0x20 && head[3] == 0;
-        // DISCONNECT, so the probe ends as an ordinary client would.
-        s.write_all(&[0xE0, 0])?;
-        Ok(accepted)
+        put_str(
+            &mut connect,
+            &format!("waypoint-probe-{}", std::process::id()),
+        )?;
+        write_packet(&mut s, 0x10, &connect)?;
+        // CONNACK: flags, then the return (v4) or reason (v5) code, 0 = success.
+        let (kind, body) = read_packet(&mut s)?;
+        write_packet(&mut s, 0xE0, &[])?;
+        Ok(kind == 0x20 && body.get(1) == Some(&0))
     };
     attempt().unwrap_or(false)
 }
 
+/// Connects to a v5 listener as `client_id` with clean start off,
+/// subscribes to `filters` at QoS 1 and disconnects, leaving the session
+/// (and its subscriptions) with the broker. Hand-written packets: this runs
+/// before (and outside) any async runtime.
+fn prepare_session(
+    addr: SocketAddr,
+    client_id: &str,
+    session_expiry_secs: u32,
+    filters: &[String],
+) -> io::Result<()> {
+    let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+
+    // CONNECT: protocol name, level 5, flags 0 (clean start off, no
+    // credentials: the embedded broker has no authentication), keep-alive
+    // 10 s, properties: Session Expiry Interval (0x11); payload: client id.
+    let mut connect = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x00, 0, 10, 5, 0x11];
+    connect.extend(session_expiry_secs.to_be_bytes());
+    put_str(&mut connect, client_id)?;
+    write_packet(&mut s, 0x10, &connect)?;
+    let (kind, body) = read_packet(&mut s)?;
+    // CONNACK: flags, reason code (0 = success), properties.
+    if kind != 0x20 || body.get(1) != Some(&0) {
+        return Err(invalid(format!("CONNECT refused ({kind:#x}, {body:?})")));
+    }
+
+    // SUBSCRIBE: packet id 1, no properties, each filter with QoS 1.
+    let mut subscribe = vec![0, 1, 0];
+    for f in filters {
+        put_str(&mut subscribe, f)?;
+        subscribe.push(0x01);
+    }
+    write_packet(&mut s, 0x82, &subscribe)?;
+    let (kind, body) = read_packet(&mut s)?;
+    // SUBACK: packet id, properties length (rumqttd sends none), then one
+    // reason code per filter; 0x80 and above are refusals.
+    let codes = body.get(3..).unwrap_or_default();
+    if kind != 0x90 || codes.len() != filters.len() || codes.iter().any(|c| *c >= 0x80) {
+        return Err(invalid(format!("SUBSCRIBE refused ({kind:#x}, {body:?})")));
+    }
+    // DISCONNECT, normal: the session stays.
+    write_packet(&mut s, 0xE0, &[])?;
+    Ok(())
+}
+
+/// Appends an MQTT UTF-8 string (two-byte length, then the bytes).
+fn put_str(buf: &mut Vec<u8>, s: &str) -> io::Result<()> {
+    let len = u16::try_from(s.len()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{s:?} is too long for MQTT"),
+        )
+    })?;
+    buf.extend(len.to_be_bytes());
+    buf.extend(s.as_bytes());
+    Ok(())
+}
+
+/// Writes one packet: the first byte, the remaining length as a variable
+/// byte integer, the body.
+fn write_packet(s: &mut TcpStream, first: u8, body: &[u8]) -> io::Result<()> {
+    let mut packet = vec![first];
+    let mut len = body.len();
+    loop {
+        // Seven bits per byte, high bit set while more follow.
+        let byte = (len % 128) as u8;
+        len /= 128;
+        packet.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend(body);
+    s.write_all(&packet)
+}
+
+/// Reads one packet: its type byte (upper four bits, flags cleared) and body.
+fn read_packet(s: &mut TcpStream) -> io::Result<(u8, Vec<u8>)> {
+    let mut byte = [0u8; 1];
+    s.read_exact(&mut byte)?;
+    let kind = byte[0] & 0xF0;
+    let mut len = 0usize;
+    for shift in [0, 7, 14, 21] {
+        s.read_exact(&mut byte)?;
+        len |= usize::from(byte[0] & 0x7F) << shift;
+        if byte[0] & 0x80 == 0 {
+            let mut body = vec![0; len];
+            s.read_exact(&mut body)?;
+            return Ok((kind, body));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "malformed remaining length",
+    ))
+}
+
 /// Binds `addr` to check it is usable (and to let the OS pick a port for
-/// port 0), then releases it for rumqttd.
-fn free_addr(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
+/// port 0); the caller releases the listener before rumqttd binds.
+fn check_bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BrokerError> {
     let listener = TcpListener::bind(addr).map_err(|source| match source.kind() {
         io::ErrorKind::AddrInUse => BrokerError::PortInUse {
             ip: addr.ip(),
@@ -379,9 +513,10 @@ fn free_addr(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
         },
         _ => BrokerError::Bind { addr, source },
     })?;
-    listener
+    let bound = listener
         .local_addr()
-        .map_err(|source| BrokerError::Bind { addr, source })
+        .map_err(|source| BrokerError::Bind { addr, source })?;
+    Ok((listener, bound))
 }
 
 /// rumqttd's configuration, built in code (no configuration file).

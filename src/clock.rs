@@ -23,8 +23,12 @@ pub type SharedClock = Arc<dyn Clock>;
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    /// Microseconds, as PostgreSQL stores them: a time read back equals the
+    /// time written, and SQLite (which would keep the nanoseconds as text)
+    /// holds exactly what PostgreSQL holds.
     fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        use chrono::SubsecRound;
+        Utc::now().trunc_subsecs(6)
     }
 }
 

@@ -74,6 +74,10 @@ pub async fn start(
     let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start(mqtt, opts))
         .await
         .map_err(|e| BrokerError::Start(format!("start-up thread failed: {e}")))??;
+    // rumqttd drops what matches no subscription: the server's session
+    // must exist before the first device's publish, not when the server
+    // gets round to connecting.
+    broker.prepare_ingest_session(&cfg.mqtt)?;
     let ingest = broker.ingest_addr();
     cfg.mqtt.host = ingest.ip().to_string();
     cfg.mqtt.port = ingest.port();

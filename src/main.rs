@@ -39,18 +39,24 @@ macro_rules! with_store {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // Logs go to stderr so command output (device lists, credentials) stays clean.
+    let cli = Cli::parse();
+    // Logs go to stderr so command output (device lists, credentials) stays
+    // clean. The demo prints what a person watches; its log shows only
+    // trouble unless WAYPOINT_LOG asks for more.
+    let level = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(EnvFilter::try_from_env("WAYPOINT_LOG").unwrap_or_else(|_| {
             EnvFilter::new(format!(
-                "info,sqlx=warn,{}",
+                "{level},sqlx=warn,{}",
                 waypoint::broker::LOG_DIRECTIVE
             ))
         }))
         .init();
-    let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
             let cfg = args.to_config()?;

@@ -1,5 +1,5 @@
-//! Officer API: configuration through HTTP against a real PostgreSQL —
-//! officers, teams, supervisees, devices and assignments, zones and their
+//! Officer API: configuration through HTTP against real databases (each
+//! test on PostgreSQL and on SQLite) — officers, teams, supervisees, devices and assignments, zones and their
 //! versions, rules, approved absences — with validation that names the bad
 //! field, caseload scoping (outside = nonexistent) and the role matrix.
 
@@ -10,21 +10,32 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use common::api::*;
-use common::TestDb;
 use waypoint::api::audit;
 use waypoint::api::ApiConfig;
 use waypoint::clock::Clock;
+use waypoint::store::sql::Q;
+
+both!(
+    admin_builds_configuration_and_reads_it_back,
+    zone_geometry_update_creates_a_version_and_keeps_the_old_one,
+    bad_inputs_are_refused_naming_the_field,
+    outside_the_caseload_is_indistinguishable_from_nonexistent,
+    roles_are_enforced,
+    recorded_history_cannot_be_moved_to_another_caseload,
+    officers_approve_bounded_absences_only,
+    a_whole_provisioning_document_loads_through_the_api,
+);
 
 struct World {
-    db: TestDb,
+    db: ApiDb,
     api: ApiServer,
     org: Org,
 }
 
-async fn world() -> World {
-    let db = TestDb::new().await;
+async fn world(backend: Backend) -> World {
+    let db = ApiDb::new(backend).await;
     let api = ApiServer::start(&db, ApiConfig::default()).await;
-    let org = Org::create(&db.pool).await;
+    let org = Org::create(&db).await;
     World { db, api, org }
 }
 
@@ -93,9 +104,8 @@ fn items(r: &Reply) -> &Vec<Value> {
     r.body["items"].as_array().expect("items")
 }
 
-#[tokio::test]
-async fn admin_builds_configuration_and_reads_it_back() {
-    let w = world().await;
+async fn admin_builds_configuration_and_reads_it_back(backend: Backend) {
+    let w = world(backend).await;
     let admin = &w.org.admin;
     let now = w.now();
 
@@ -343,12 +353,7 @@ async fn admin_builds_configuration_and_reads_it_back() {
     );
 
     // Reassigning the caseload moves access from one officer to another.
-    let off_e = token(
-        &w.db.pool,
-        waypoint::api::auth::Role::Officer,
-        Some("off-e"),
-    )
-    .await;
+    let off_e = token(&w.db, waypoint::api::auth::Role::Officer, Some("off-e")).await;
     ok(&w.api.get(&format!("/supervisees/{sid}"), &off_e).await);
     let m = w
         .patch(
@@ -410,26 +415,21 @@ async fn admin_builds_configuration_and_reads_it_back() {
         "team.update",
     ] {
         assert!(
-            audit::count(&waypoint::store::sql::Db::Pg(w.db.pool.clone()), action)
-                .await
-                .unwrap()
-                >= 1,
+            audit::count(&w.db, action).await.unwrap() >= 1,
             "no audit record for {action}"
         );
     }
-    let who: String = sqlx::query_scalar(
-        "SELECT created_by FROM zone_versions WHERE zone_id = $1 AND version = 1",
-    )
-    .bind(zone_id)
-    .fetch_one(&w.db.pool)
-    .await
-    .unwrap();
+    let who: String =
+        Q::new("SELECT created_by FROM zone_versions WHERE zone_id = $1 AND version = 1")
+            .bind(zone_id)
+            .scalar(&w.db)
+            .await
+            .unwrap();
     assert!(who.starts_with("admin-token-"), "{who}");
 }
 
-#[tokio::test]
-async fn zone_geometry_update_creates_a_version_and_keeps_the_old_one() {
-    let w = world().await;
+async fn zone_geometry_update_creates_a_version_and_keeps_the_old_one(backend: Backend) {
+    let w = world(backend).await;
     let admin = &w.org.admin;
     let v1 = square(-0.125, 51.5, 0.0078125);
     let z = w
@@ -445,11 +445,12 @@ async fn zone_geometry_update_creates_a_version_and_keeps_the_old_one() {
     assert_eq!(z.body["properties"]["list_ref"], "parks");
     // Stored canonical: a Feature wrapping the geometry.
     let stored: Value =
-        sqlx::query_scalar("SELECT geojson FROM zone_versions WHERE zone_id = $1 AND version = 1")
+        Q::new("SELECT geojson FROM zone_versions WHERE zone_id = $1 AND version = 1")
             .bind(id)
-            .fetch_one(&w.db.pool)
+            .fetch_one(&w.db)
             .await
-            .unwrap();
+            .unwrap()
+            .json("geojson");
     assert_eq!(stored["type"], "Feature");
     assert_eq!(stored["geometry"], v1);
 
@@ -494,24 +495,8 @@ async fn zone_geometry_update_creates_a_version_and_keeps_the_old_one() {
         &w.api.get(&format!("/zones/{id}/versions/3"), admin).await,
         404,
     );
-    assert_eq!(
-        audit::count(
-            &waypoint::store::sql::Db::Pg(w.db.pool.clone()),
-            "zone.geometry"
-        )
-        .await
-        .unwrap(),
-        1
-    );
-    assert!(
-        audit::count(
-            &waypoint::store::sql::Db::Pg(w.db.pool.clone()),
-            "zone.read"
-        )
-        .await
-        .unwrap()
-            >= 2
-    );
+    assert_eq!(audit::count(&w.db, "zone.geometry").await.unwrap(), 1);
+    assert!(audit::count(&w.db, "zone.read").await.unwrap() >= 2);
 
     // Retiring: refused while a live rule uses the zone.
     let rule = w
@@ -555,9 +540,8 @@ async fn zone_geometry_update_creates_a_version_and_keeps_the_old_one() {
     );
 }
 
-#[tokio::test]
-async fn bad_inputs_are_refused_naming_the_field() {
-    let w = world().await;
+async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
+    let w = world(backend).await;
     let admin = &w.org.admin;
     let now = w.now();
     let zone = |geojson: Value| json!({"zone_ref": "z", "name": "Z", "geojson": geojson});
@@ -741,8 +725,8 @@ async fn bad_inputs_are_refused_naming_the_field() {
         .api
         .post("/zones", admin, zone(square(-0.12, 51.5, 0.01)))
         .await);
-    let zid: i64 = sqlx::query_scalar("SELECT zone_id FROM zones WHERE zone_ref = 'z'")
-        .fetch_one(&w.db.pool)
+    let zid: i64 = Q::new("SELECT zone_id FROM zones WHERE zone_ref = 'z'")
+        .scalar(&w.db)
         .await
         .unwrap();
     let rules = format!("/supervisees/{}/rules", w.org.case_a);
@@ -830,9 +814,8 @@ async fn bad_inputs_are_refused_naming_the_field() {
     );
 }
 
-#[tokio::test]
-async fn outside_the_caseload_is_indistinguishable_from_nonexistent() {
-    let w = world().await;
+async fn outside_the_caseload_is_indistinguishable_from_nonexistent(backend: Backend) {
+    let w = world(backend).await;
     let now = w.now();
     let (a, missing) = (w.org.case_a, 987_654_321_i64);
     let exception = json!({"starts_at": now + TimeDelta::hours(1),
@@ -931,15 +914,7 @@ async fn outside_the_caseload_is_indistinguishable_from_nonexistent() {
             .await,
         409,
     );
-    assert_eq!(
-        audit::count(
-            &waypoint::store::sql::Db::Pg(w.db.pool.clone()),
-            "exception.cancel"
-        )
-        .await
-        .unwrap(),
-        1
-    );
+    assert_eq!(audit::count(&w.db, "exception.cancel").await.unwrap(), 1);
 
     // Zones: an officer sees only zones their supervisees' rules use.
     let admin = &w.org.admin;
@@ -995,9 +970,8 @@ async fn outside_the_caseload_is_indistinguishable_from_nonexistent() {
     assert_problem(&w.api.get(&path, &w.org.off_a).await, 404);
 }
 
-#[tokio::test]
-async fn roles_are_enforced() {
-    let w = world().await;
+async fn roles_are_enforced(backend: Backend) {
+    let w = world(backend).await;
     let org = &w.org;
     let zone = json!({"zone_ref": "z", "name": "Z", "geojson": square(-0.12, 51.5, 0.01)});
 
@@ -1063,28 +1037,26 @@ async fn roles_are_enforced() {
     assert_problem(&r, 401);
 }
 
-#[tokio::test]
-async fn recorded_history_cannot_be_moved_to_another_caseload() {
-    let db = TestDb::new().await;
+async fn recorded_history_cannot_be_moved_to_another_caseload(backend: Backend) {
+    let db = ApiDb::new(backend).await;
     let api = ApiServer::start(&db, ApiConfig::default()).await;
-    let org = Org::create(&db.pool).await;
+    let org = Org::create(&db).await;
     let now = api.clock.now();
     let start = now - TimeDelta::days(2);
-    let key = assign_device(&db.pool, "tag-h", org.case_a, start).await;
+    let key = assign_device(&db, "tag-h", org.case_a, start).await;
     insert_fixes(
-        &db.pool,
+        &db,
         key,
         start + TimeDelta::hours(1),
         TimeDelta::minutes(1),
         60,
     )
     .await;
-    let aid: i64 =
-        sqlx::query_scalar("SELECT assignment_id FROM device_assignments WHERE device_key = $1")
-            .bind(key)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let aid: i64 = Q::new("SELECT assignment_id FROM device_assignments WHERE device_key = $1")
+        .bind(key)
+        .scalar(&db)
+        .await
+        .unwrap();
     // Ending A's assignment before the fixes, to hand them to B: refused.
     let back = api
         .post(
@@ -1139,11 +1111,10 @@ async fn recorded_history_cannot_be_moved_to_another_caseload() {
     );
 }
 
-#[tokio::test]
-async fn officers_approve_bounded_absences_only() {
-    let db = TestDb::new().await;
+async fn officers_approve_bounded_absences_only(backend: Backend) {
+    let db = ApiDb::new(backend).await;
     let api = ApiServer::start(&db, ApiConfig::default()).await;
-    let org = Org::create(&db.pool).await;
+    let org = Org::create(&db).await;
     let now = api.clock.now();
     let path = format!("/supervisees/{}/exceptions", org.case_a);
     let body = |from: chrono::DateTime<chrono::Utc>, days: i64| {
@@ -1177,11 +1148,10 @@ async fn officers_approve_bounded_absences_only() {
     assert_eq!(c.body["status"], "cancelled");
 }
 
-#[tokio::test]
-async fn a_whole_provisioning_document_loads_through_the_api() {
-    let db = TestDb::new().await;
+async fn a_whole_provisioning_document_loads_through_the_api(backend: Backend) {
+    let db = ApiDb::new(backend).await;
     let api = ApiServer::start(&db, ApiConfig::default()).await;
-    let org = Org::create(&db.pool).await;
+    let org = Org::create(&db).await;
     let doc = |geometry: Value| {
         json!({
             "supervisees": [{"case_ref": "P-1", "time_zone": "Europe/London", "officer": "off-a"}],
@@ -1214,15 +1184,7 @@ async fn a_whole_provisioning_document_loads_through_the_api() {
     // The officer named in the document now sees the person.
     let mine = api.get("/supervisees?q=P-", &org.off_a).await;
     assert_eq!(mine.body["items"][0]["case_ref"], "P-1", "{}", mine.text);
-    assert_eq!(
-        audit::count(
-            &waypoint::store::sql::Db::Pg(db.pool.clone()),
-            "scenario.load"
-        )
-        .await
-        .unwrap(),
-        1
-    );
+    assert_eq!(audit::count(&db, "scenario.load").await.unwrap(), 1);
 
     let bowtie = json!({"type": "Polygon", "coordinates":
         [[[0.0, 51.0], [0.01, 51.01], [0.01, 51.0], [0.0, 51.01], [0.0, 51.0]]]});

@@ -1,6 +1,9 @@
 //! Officer API: the alert workflow from queue to resolution, decisions and
 //! the audit trail, the live stream (delivery, scoping, resumption,
 //! tickets), escalation, and the authorization matrix for alert endpoints.
+//!
+//! Every test runs on both backends, as `name::pg` and `name::sqlite`
+//! (see `common::api`).
 
 mod common;
 
@@ -12,26 +15,40 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use common::api::*;
-use common::TestDb;
 use waypoint::api::escalation::escalate_due;
 use waypoint::api::ApiConfig;
 use waypoint::clock::Clock;
+use waypoint::store::sql::Q;
+
+both!(
+    workflow_from_alert_to_resolution_is_recorded_and_audited,
+    outside_the_caseload_is_indistinguishable_from_nonexistent,
+    supervisor_sees_the_team_and_roles_are_enforced,
+    list_filters_and_cursor_pagination_walk_every_alert_once,
+    live_stream_delivers_scoped_events_and_resumes_without_loss,
+    expired_tickets_do_not_open_streams,
+    unacknowledged_alerts_escalate_once_to_the_supervisor_and_are_recorded,
+    malformed_and_oversize_requests_get_4xx_problems,
+    an_open_stream_stops_when_its_token_is_revoked,
+    a_team_supervisor_who_is_not_a_member_sees_the_team_and_its_escalations,
+    out_of_range_values_are_4xx_never_5xx,
+);
 
 struct World {
-    db: TestDb,
+    db: ApiDb,
     api: ApiServer,
     org: Org,
     dev_a: i64,
     dev_c: i64,
 }
 
-async fn world() -> World {
-    let db = TestDb::new().await;
+async fn world(backend: Backend) -> World {
+    let db = ApiDb::new(backend).await;
     let api = ApiServer::start(&db, ApiConfig::default()).await;
-    let org = Org::create(&db.pool).await;
+    let org = Org::create(&db).await;
     let from = Utc::now() - TimeDelta::days(10);
-    let dev_a = assign_device(&db.pool, "tag-a", org.case_a, from).await;
-    let dev_c = assign_device(&db.pool, "tag-c", org.case_c, from).await;
+    let dev_a = assign_device(&db, "tag-a", org.case_a, from).await;
+    let dev_c = assign_device(&db, "tag-c", org.case_c, from).await;
     World {
         db,
         api,
@@ -41,12 +58,11 @@ async fn world() -> World {
     }
 }
 
-#[tokio::test]
-async fn workflow_from_alert_to_resolution_is_recorded_and_audited() {
-    let w = world().await;
+async fn workflow_from_alert_to_resolution_is_recorded_and_audited(backend: Backend) {
+    let w = world(backend).await;
     let now = w.api.clock.now();
     let id = insert_alert(
-        &w.db.pool,
+        &w.db,
         w.dev_a,
         w.org.case_a,
         "exclusion_zone_entry",
@@ -79,16 +95,18 @@ async fn workflow_from_alert_to_resolution_is_recorded_and_audited() {
     assert_eq!(d.status, 200, "{}", d.text);
     assert_eq!(d.body["explanation"], "test alert");
     assert_eq!(d.body["evidence"][0]["observation"], "confirmed");
-    let (actor, reason): (String, Option<String>) = sqlx::query_as(
-        "SELECT actor, reason FROM audit_log WHERE action = 'alert.read' AND alert_id = $1",
-    )
-    .bind(id)
-    .fetch_one(&w.db.pool)
-    .await
-    .unwrap();
+    let row =
+        Q::new("SELECT actor, reason FROM audit_log WHERE action = 'alert.read' AND alert_id = $1")
+            .bind(id)
+            .fetch_one(&w.db)
+            .await
+            .unwrap();
     assert_eq!(
-        (actor.as_str(), reason.as_deref()),
-        ("off-a", Some("morning review"))
+        (
+            row.get::<String>("actor"),
+            row.get::<Option<String>>("reason")
+        ),
+        ("off-a".to_owned(), Some("morning review".to_owned()))
     );
 
     // Acknowledge, then resolving needs a known outcome and a note.
@@ -164,21 +182,25 @@ async fn workflow_from_alert_to_resolution_is_recorded_and_audited() {
     // Every decision is in the audit log, and the log refuses edits.
     for action in ["alert.acknowledge", "alert.note", "alert.resolve"] {
         assert_eq!(
-            waypoint::api::audit::count(&waypoint::store::sql::Db::Pg(w.db.pool.clone()), action)
-                .await
-                .unwrap(),
+            waypoint::api::audit::count(&w.db, action).await.unwrap(),
             1,
             "{action}"
         );
     }
-    let tamper = sqlx::query("DELETE FROM audit_log")
-        .execute(&w.db.pool)
+    // Both schemas refuse these with a trigger.
+    let tamper = Q::new("DELETE FROM audit_log").execute(&w.db).await;
+    assert!(tamper.is_err(), "audit_log must be append-only");
+    let tamper = Q::new("UPDATE audit_log SET actor = 'x'")
+        .execute(&w.db)
         .await;
     assert!(tamper.is_err(), "audit_log must be append-only");
-    let tamper = sqlx::query("UPDATE audit_log SET actor = 'x'")
-        .execute(&w.db.pool)
-        .await;
-    assert!(tamper.is_err(), "audit_log must be append-only");
+    // TRUNCATE bypasses row triggers; PostgreSQL has a statement trigger
+    // for it. SQLite has no TRUNCATE (its DELETE without WHERE, refused
+    // above, is the equivalent).
+    if let Some(pg) = w.db.pg() {
+        let tamper = sqlx::query("TRUNCATE audit_log").execute(&pg.pool).await;
+        assert!(tamper.is_err(), "audit_log must refuse TRUNCATE");
+    }
 
     // The auditor sees the trail; nobody else may.
     let trail = w
@@ -213,12 +235,11 @@ async fn workflow_from_alert_to_resolution_is_recorded_and_audited() {
     assert_problem(&w.api.get("/audit", &w.org.admin).await, 403);
 }
 
-#[tokio::test]
-async fn outside_the_caseload_is_indistinguishable_from_nonexistent() {
-    let w = world().await;
+async fn outside_the_caseload_is_indistinguishable_from_nonexistent(backend: Backend) {
+    let w = world(backend).await;
     let now = w.api.clock.now();
     let id = insert_alert(
-        &w.db.pool,
+        &w.db,
         w.dev_c,
         w.org.case_c,
         "strap_tamper",
@@ -279,22 +300,21 @@ async fn outside_the_caseload_is_indistinguishable_from_nonexistent() {
         assert_eq!(sup.text, none.text, "{m} {path}");
     }
     // ...and nothing was changed or audited by those attempts.
-    let status: String = sqlx::query_scalar("SELECT status FROM alerts WHERE alert_id = $1")
+    let status: String = Q::new("SELECT status FROM alerts WHERE alert_id = $1")
         .bind(id)
-        .fetch_one(&w.db.pool)
+        .scalar(&w.db)
         .await
         .unwrap();
     assert_eq!(status, "open");
     assert_eq!(w.db.count("SELECT count(*) FROM audit_log").await, 0);
 }
 
-#[tokio::test]
-async fn supervisor_sees_the_team_and_roles_are_enforced() {
-    let w = world().await;
+async fn supervisor_sees_the_team_and_roles_are_enforced(backend: Backend) {
+    let w = world(backend).await;
     let now = w.api.clock.now();
-    let dev_b = assign_device(&w.db.pool, "tag-b", w.org.case_b, now - TimeDelta::days(1)).await;
+    let dev_b = assign_device(&w.db, "tag-b", w.org.case_b, now - TimeDelta::days(1)).await;
     insert_alert(
-        &w.db.pool,
+        &w.db,
         w.dev_a,
         w.org.case_a,
         "curfew_violation",
@@ -302,16 +322,8 @@ async fn supervisor_sees_the_team_and_roles_are_enforced() {
         now,
     )
     .await;
-    insert_alert(&w.db.pool, dev_b, w.org.case_b, "no_signal", "medium", now).await;
-    insert_alert(
-        &w.db.pool,
-        w.dev_c,
-        w.org.case_c,
-        "no_signal",
-        "medium",
-        now,
-    )
-    .await;
+    insert_alert(&w.db, dev_b, w.org.case_b, "no_signal", "medium", now).await;
+    insert_alert(&w.db, w.dev_c, w.org.case_c, "no_signal", "medium", now).await;
     let cases = |r: &Reply| -> Vec<String> {
         let mut v: Vec<String> = r.body["items"]
             .as_array()
@@ -337,24 +349,18 @@ async fn supervisor_sees_the_team_and_roles_are_enforced() {
     assert!(anon.headers.get("www-authenticate").is_some());
     assert_problem(&w.api.get("/alerts", "wpt_not-a-token").await, 401);
     // A revoked token stops at once.
-    let t = token(
-        &w.db.pool,
-        waypoint::api::auth::Role::Officer,
-        Some("off-a"),
-    )
-    .await;
+    let t = token(&w.db, waypoint::api::auth::Role::Officer, Some("off-a")).await;
     assert_eq!(w.api.get("/alerts", &t).await.status, 200);
-    sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE secret_hash = $1")
+    Q::new("UPDATE api_tokens SET revoked_at = now() WHERE secret_hash = $1")
         .bind(waypoint::api::auth::hash_secret(&t))
-        .execute(&w.db.pool)
+        .execute(&w.db)
         .await
         .unwrap();
     assert_problem(&w.api.get("/alerts", &t).await, 401);
 }
 
-#[tokio::test]
-async fn list_filters_and_cursor_pagination_walk_every_alert_once() {
-    let w = world().await;
+async fn list_filters_and_cursor_pagination_walk_every_alert_once(backend: Backend) {
+    let w = world(backend).await;
     let t0 = w.api.clock.now() - TimeDelta::hours(2);
     let mut ids = Vec::new();
     for i in 0..25 {
@@ -365,7 +371,7 @@ async fn list_filters_and_cursor_pagination_walk_every_alert_once() {
         };
         // Same raised_at for pairs: the cursor must break ties by id.
         let at = t0 + TimeDelta::minutes(i / 2);
-        ids.push(insert_alert(&w.db.pool, w.dev_a, w.org.case_a, kind, sev, at).await);
+        ids.push(insert_alert(&w.db, w.dev_a, w.org.case_a, kind, sev, at).await);
     }
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -439,9 +445,8 @@ async fn ticket(api: &ApiServer, token: &str) -> String {
     r.body["ticket"].as_str().unwrap().to_owned()
 }
 
-#[tokio::test]
-async fn live_stream_delivers_scoped_events_and_resumes_without_loss() {
-    let w = world().await;
+async fn live_stream_delivers_scoped_events_and_resumes_without_loss(backend: Backend) {
+    let w = world(backend).await;
     let now = w.api.clock.now();
     // Opened with a ticket (as a browser's EventSource would).
     let t = ticket(&w.api, &w.org.off_a).await;
@@ -471,7 +476,7 @@ async fn live_stream_delivers_scoped_events_and_resumes_without_loss() {
 
     // Another caseload's alert is not delivered; ours are, in order.
     insert_alert(
-        &w.db.pool,
+        &w.db,
         w.dev_c,
         w.org.case_c,
         "strap_tamper",
@@ -480,7 +485,7 @@ async fn live_stream_delivers_scoped_events_and_resumes_without_loss() {
     )
     .await;
     let a1 = insert_alert(
-        &w.db.pool,
+        &w.db,
         w.dev_a,
         w.org.case_a,
         "strap_tamper",
@@ -488,7 +493,8 @@ async fn live_stream_delivers_scoped_events_and_resumes_without_loss() {
         now,
     )
     .await;
-    // No wake-up call: the database's NOTIFY reaches the live feed.
+    // No wake-up call: PostgreSQL's NOTIFY (SQLite: the feed's poll)
+    // reaches the live feed.
     let first = sse_events(resp, 1).await;
     assert_eq!(first[0].1, "raised");
     assert_eq!(first[0].2["alert_id"], a1);
@@ -507,7 +513,7 @@ async fn live_stream_delivers_scoped_events_and_resumes_without_loss() {
         )
         .await;
     assert_eq!(ack.status, 200);
-    let a2 = insert_alert(&w.db.pool, w.dev_a, w.org.case_a, "battery_low", "low", now).await;
+    let a2 = insert_alert(&w.db, w.dev_a, w.org.case_a, "battery_low", "low", now).await;
     let resumed = w
         .api
         .http
@@ -557,9 +563,8 @@ async fn live_stream_delivers_scoped_events_and_resumes_without_loss() {
     assert_problem(&admin_t, 403);
 }
 
-#[tokio::test]
-async fn expired_tickets_do_not_open_streams() {
-    let w = world().await;
+async fn expired_tickets_do_not_open_streams(backend: Backend) {
+    let w = world(backend).await;
     let t = ticket(&w.api, &w.org.off_a).await;
     w.api.clock.advance(TimeDelta::seconds(31));
     let r = read(
@@ -574,12 +579,11 @@ async fn expired_tickets_do_not_open_streams() {
     assert_problem(&r, 401);
 }
 
-#[tokio::test]
-async fn unacknowledged_alerts_escalate_once_to_the_supervisor_and_are_recorded() {
-    let w = world().await;
+async fn unacknowledged_alerts_escalate_once_to_the_supervisor_and_are_recorded(backend: Backend) {
+    let w = world(backend).await;
     let now = w.api.clock.now();
     let a = insert_alert(
-        &w.db.pool,
+        &w.db,
         w.dev_a,
         w.org.case_a,
         "exclusion_zone_entry",
@@ -588,7 +592,7 @@ async fn unacknowledged_alerts_escalate_once_to_the_supervisor_and_are_recorded(
     )
     .await;
     let c = insert_alert(
-        &w.db.pool,
+        &w.db,
         w.dev_c,
         w.org.case_c,
         "strap_tamper",
@@ -596,16 +600,8 @@ async fn unacknowledged_alerts_escalate_once_to_the_supervisor_and_are_recorded(
         now,
     )
     .await;
-    let low = insert_alert(&w.db.pool, w.dev_a, w.org.case_a, "battery_low", "low", now).await;
-    let acked = insert_alert(
-        &w.db.pool,
-        w.dev_a,
-        w.org.case_a,
-        "gps_loss",
-        "critical",
-        now,
-    )
-    .await;
+    let low = insert_alert(&w.db, w.dev_a, w.org.case_a, "battery_low", "low", now).await;
+    let acked = insert_alert(&w.db, w.dev_a, w.org.case_a, "gps_loss", "critical", now).await;
     let r = w
         .api
         .post(
@@ -643,12 +639,11 @@ async fn unacknowledged_alerts_escalate_once_to_the_supervisor_and_are_recorded(
     );
 }
 
-#[tokio::test]
-async fn malformed_and_oversize_requests_get_4xx_problems() {
-    let w = world().await;
+async fn malformed_and_oversize_requests_get_4xx_problems(backend: Backend) {
+    let w = world(backend).await;
     let now = w.api.clock.now();
     let id = insert_alert(
-        &w.db.pool,
+        &w.db,
         w.dev_a,
         w.org.case_a,
         "strap_tamper",
@@ -731,9 +726,8 @@ async fn malformed_and_oversize_requests_get_4xx_problems() {
     assert_eq!(huge_reason.body["errors"][0]["field"], "X-Audit-Reason");
 }
 
-#[tokio::test]
-async fn an_open_stream_stops_when_its_token_is_revoked() {
-    let db = TestDb::new().await;
+async fn an_open_stream_stops_when_its_token_is_revoked(backend: Backend) {
+    let db = ApiDb::new(backend).await;
     let api = ApiServer::start(
         &db,
         ApiConfig {
@@ -742,8 +736,8 @@ async fn an_open_stream_stops_when_its_token_is_revoked() {
         },
     )
     .await;
-    let org = Org::create(&db.pool).await;
-    let t = token(&db.pool, waypoint::api::auth::Role::Officer, Some("off-a")).await;
+    let org = Org::create(&db).await;
+    let t = token(&db, waypoint::api::auth::Role::Officer, Some("off-a")).await;
     let resp = api
         .http
         .get(format!("{}/alerts/stream", api.base))
@@ -752,9 +746,9 @@ async fn an_open_stream_stops_when_its_token_is_revoked() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE secret_hash = $1")
+    Q::new("UPDATE api_tokens SET revoked_at = now() WHERE secret_hash = $1")
         .bind(waypoint::api::auth::hash_secret(&t))
-        .execute(&db.pool)
+        .execute(&db)
         .await
         .unwrap();
     // The server ends the stream at its next re-check; an alert raised
@@ -775,31 +769,25 @@ async fn an_open_stream_stops_when_its_token_is_revoked() {
     drop(org);
 }
 
-#[tokio::test]
-async fn a_team_supervisor_who_is_not_a_member_sees_the_team_and_its_escalations() {
-    let w = world().await;
+async fn a_team_supervisor_who_is_not_a_member_sees_the_team_and_its_escalations(backend: Backend) {
+    let w = world(backend).await;
     // sup-s supervises team south without being a member of it.
-    let sup: i64 = sqlx::query_scalar(
+    let sup: i64 = Q::new(
         "INSERT INTO officers (officer_ref, display_name) VALUES ('sup-s', 'S') RETURNING officer_id",
     )
-    .fetch_one(&w.db.pool)
+    .scalar(&w.db)
     .await
     .unwrap();
-    sqlx::query("UPDATE teams SET supervisor_id = $1 WHERE team_id = $2")
+    Q::new("UPDATE teams SET supervisor_id = $1 WHERE team_id = $2")
         .bind(sup)
         .bind(w.org.team_south)
-        .execute(&w.db.pool)
+        .execute(&w.db)
         .await
         .unwrap();
-    let sup_s = token(
-        &w.db.pool,
-        waypoint::api::auth::Role::Supervisor,
-        Some("sup-s"),
-    )
-    .await;
+    let sup_s = token(&w.db, waypoint::api::auth::Role::Supervisor, Some("sup-s")).await;
     let now = w.api.clock.now();
     let c = insert_alert(
-        &w.db.pool,
+        &w.db,
         w.dev_c,
         w.org.case_c,
         "strap_tamper",
@@ -814,7 +802,7 @@ async fn a_team_supervisor_who_is_not_a_member_sees_the_team_and_its_escalations
     assert_eq!(d.body["escalations"][0]["to_officer_ref"], "sup-s");
     // ...and nothing of team north.
     let a = insert_alert(
-        &w.db.pool,
+        &w.db,
         w.dev_a,
         w.org.case_a,
         "strap_tamper",
@@ -825,9 +813,8 @@ async fn a_team_supervisor_who_is_not_a_member_sees_the_team_and_its_escalations
     assert_problem(&w.api.get(&format!("/alerts/{a}"), &sup_s).await, 404);
 }
 
-#[tokio::test]
-async fn out_of_range_values_are_4xx_never_5xx() {
-    let w = world().await;
+async fn out_of_range_values_are_4xx_never_5xx(backend: Backend) {
+    let w = world(backend).await;
     for q in [
         "from=-5000-01-01T00:00:00Z",
         "to=+200000-01-01T00:00:00Z",
@@ -846,9 +833,12 @@ async fn out_of_range_values_are_4xx_never_5xx() {
         );
         assert_eq!(r.status == 200, r.content_type == "application/json", "{q}");
     }
+    // Refused on both backends: a time PostgreSQL cannot hold must not
+    // become an empty page where the database (SQLite, times as text)
+    // happens to accept it.
     let r = w
         .api
         .get("/audit?from=-5000-01-01T00:00:00Z", &w.org.auditor)
         .await;
-    assert!(r.status.is_client_error(), "{}", r.text);
+    assert!(r.status.is_client_error(), "{backend:?}: {}", r.text);
 }

@@ -3,6 +3,9 @@
 //! an operation is missing from it (a new endpoint must declare who may use
 //! it), if a role outside the policy gets anything but 403, or if a role
 //! inside it is refused.
+//!
+//! Every test runs on both backends, as `name::pg` and `name::sqlite`
+//! (see `common::api`).
 
 mod common;
 
@@ -13,7 +16,6 @@ use reqwest::Method;
 use serde_json::json;
 
 use common::api::*;
-use common::TestDb;
 use waypoint::api::ApiConfig;
 
 const O: &str = "officer";
@@ -85,14 +87,15 @@ fn policy() -> BTreeMap<&'static str, &'static [&'static str]> {
     ])
 }
 
-#[tokio::test]
-async fn every_role_against_every_operation() {
-    let db = TestDb::new().await;
+both!(every_role_against_every_operation);
+
+async fn every_role_against_every_operation(backend: Backend) {
+    let db = ApiDb::new(backend).await;
     let api = ApiServer::start(&db, ApiConfig::default()).await;
-    let org = Org::create(&db.pool).await;
+    let org = Org::create(&db).await;
     let now = Utc::now();
-    let dev = assign_device(&db.pool, "tag-a", org.case_a, now - TimeDelta::days(3)).await;
-    let alert = insert_alert(&db.pool, dev, org.case_a, "strap_tamper", "critical", now).await;
+    let dev = assign_device(&db, "tag-a", org.case_a, now - TimeDelta::days(3)).await;
+    let alert = insert_alert(&db, dev, org.case_a, "strap_tamper", "critical", now).await;
     // Path parameters point at things officer off-a may see, so an allowed
     // role meets real data, not only a 404.
     let ids = BTreeMap::from([
@@ -191,5 +194,5 @@ async fn every_role_against_every_operation() {
         declared, documented,
         "policy and document list different operations"
     );
-    println!("authorization matrix: {cells} role x operation cells");
+    println!("authorization matrix ({backend:?}): {cells} role x operation cells");
 }

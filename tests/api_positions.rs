@@ -4,6 +4,9 @@
 //! authorization matrix (caseload scoping indistinguishable from a missing
 //! id; admins and auditors refused) for every endpoint that reveals where a
 //! person was or how they behaved.
+//!
+//! Every test runs on both backends, as `name::pg` and `name::sqlite`
+//! (see `common::api`).
 
 mod common;
 
@@ -13,11 +16,10 @@ use base64::Engine;
 use chrono::{DateTime, SecondsFormat, TimeDelta, TimeZone, Utc};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 
 use common::api::*;
-use common::TestDb;
 use waypoint::api::ApiConfig;
+use waypoint::store::sql::Q;
 
 fn iso(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
@@ -32,29 +34,42 @@ fn now() -> DateTime<Utc> {
     at(2026, 3, 20, 12, 0)
 }
 
+both!(
+    latest_positions_for_one_and_for_the_caseload_are_audited,
+    track_full_and_downsampled_keeps_the_most_accurate_real_fix,
+    track_and_position_are_clipped_to_the_assignment,
+    track_parameters_are_validated_naming_the_field,
+    a_thirty_day_track_of_43200_fixes,
+    exports_in_three_formats_carry_a_digest_of_their_bytes_and_are_audited,
+    an_export_whose_audit_record_cannot_be_written_returns_no_data,
+    compliance_counts_a_constructed_history,
+    outside_the_caseload_is_a_missing_id_and_other_roles_are_refused,
+);
+
 struct World {
-    db: TestDb,
+    db: ApiDb,
     api: ApiServer,
     org: Org,
 }
 
-async fn world() -> World {
-    let db = TestDb::new().await;
+async fn world(backend: Backend) -> World {
+    let db = ApiDb::new(backend).await;
     let api = ApiServer::start(&db, ApiConfig::default()).await;
     api.clock.set(now());
-    let org = Org::create(&db.pool).await;
+    let org = Org::create(&db).await;
     World { db, api, org }
 }
 
 /// Audit rows of `action`: (supervisee_id, actor, detail).
-async fn audits(pool: &PgPool, action: &str) -> Vec<(Option<i64>, String, Value)> {
-    sqlx::query_as(
-        "SELECT supervisee_id, actor, detail FROM audit_log WHERE action = $1 ORDER BY audit_id",
-    )
-    .bind(action)
-    .fetch_all(pool)
-    .await
-    .unwrap()
+async fn audits(db: &ApiDb, action: &str) -> Vec<(Option<i64>, String, Value)> {
+    Q::new("SELECT supervisee_id, actor, detail FROM audit_log WHERE action = $1 ORDER BY audit_id")
+        .bind(action)
+        .fetch_all(db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get("supervisee_id"), r.get("actor"), r.json("detail")))
+        .collect()
 }
 
 fn field_error(r: &Reply) -> String {
@@ -70,9 +85,11 @@ fn t_of(v: &Value) -> DateTime<Utc> {
 }
 
 /// A zone with versions created at the given instants, and a rule of
-/// `role` for the supervisee on it (retired if asked).
+/// `role` for the supervisee on it (retired if asked). The rule's own times
+/// come from the wall clock, not the API's manual clock: created long
+/// before every test period, retired (if at all) after all of them.
 async fn zone_with_rule(
-    pool: &PgPool,
+    db: &ApiDb,
     zone_ref: &str,
     versions: &[DateTime<Utc>],
     supervisee_id: i64,
@@ -80,54 +97,55 @@ async fn zone_with_rule(
     schedule: Option<Value>,
     retired: bool,
 ) -> i64 {
-    let zone_id: i64 = sqlx::query_scalar(
+    let zone_id: i64 = Q::new(
         "INSERT INTO zones (zone_ref, name, current_version) VALUES ($1, $1, $2) RETURNING zone_id",
     )
     .bind(zone_ref)
     .bind(versions.len() as i32)
-    .fetch_one(pool)
+    .scalar(db)
     .await
     .unwrap();
     for (i, created) in versions.iter().enumerate() {
         let v = i as f64 * 0.001;
         let geo = json!({"type": "Polygon", "coordinates": [[[-0.1, 51.5 + v], [-0.09, 51.5 + v],
             [-0.09, 51.51 + v], [-0.1, 51.5 + v]]]});
-        sqlx::query(
+        Q::new(
             "INSERT INTO zone_versions (zone_id, version, geojson, created_at, created_by) \
              VALUES ($1, $2, $3, $4, 'test')",
         )
         .bind(zone_id)
         .bind(i as i32 + 1)
         .bind(geo)
-        .bind(created)
-        .execute(pool)
+        .bind(*created)
+        .execute(db)
         .await
         .unwrap();
     }
-    sqlx::query(
+    let real_now = Utc::now();
+    Q::new(
         "INSERT INTO rules (supervisee_id, role, zone_id, schedule, retired_at, created_at) \
-         VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN now() END, now() - interval '400 days')",
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(supervisee_id)
     .bind(role)
     .bind(zone_id)
     .bind(schedule)
-    .bind(retired)
-    .execute(pool)
+    .bind(retired.then_some(real_now))
+    .bind(real_now - TimeDelta::days(400))
+    .execute(db)
     .await
     .unwrap();
     zone_id
 }
 
-#[tokio::test]
-async fn latest_positions_for_one_and_for_the_caseload_are_audited() {
-    let w = world().await;
-    let pool = &w.db.pool;
-    let dev_a = assign_device(pool, "tag-a", w.org.case_a, now() - TimeDelta::days(10)).await;
-    assign_device(pool, "tag-b", w.org.case_b, now() - TimeDelta::days(10)).await;
+async fn latest_positions_for_one_and_for_the_caseload_are_audited(backend: Backend) {
+    let w = world(backend).await;
+    let db = &w.db;
+    let dev_a = assign_device(db, "tag-a", w.org.case_a, now() - TimeDelta::days(10)).await;
+    assign_device(db, "tag-b", w.org.case_b, now() - TimeDelta::days(10)).await;
     // 60 fixes one minute apart; the last is 61 minutes old.
     insert_fixes(
-        pool,
+        db,
         dev_a,
         now() - TimeDelta::hours(2),
         TimeDelta::minutes(1),
@@ -162,7 +180,7 @@ async fn latest_positions_for_one_and_for_the_caseload_are_audited() {
     assert_eq!(p.status, 200, "{}", p.text);
     assert!(p.body["fix_time"].is_null() && p.body["lat"].is_null());
 
-    let reads = audits(pool, "position.read").await;
+    let reads = audits(db, "position.read").await;
     assert_eq!(reads.len(), 2);
     assert_eq!(reads[0].0, Some(w.org.case_a));
     assert_eq!(reads[0].1, "off-a");
@@ -194,32 +212,29 @@ async fn latest_positions_for_one_and_for_the_caseload_are_audited() {
     assert_eq!(field_error(&bad), "limit");
 
     // Once per request, naming whose positions were seen.
-    let lists = audits(pool, "positions.read").await;
+    let lists = audits(db, "positions.read").await;
     assert_eq!(lists.len(), 4);
     assert_eq!(lists[0].1, "sup-n");
     assert_eq!(lists[0].2["count"], 1);
     assert_eq!(lists[0].2["supervisee_ids"], json!([w.org.case_a]));
 }
 
-#[tokio::test]
-async fn track_full_and_downsampled_keeps_the_most_accurate_real_fix() {
-    let w = world().await;
-    let pool = &w.db.pool;
-    let dev = assign_device(pool, "tag-a", w.org.case_a, now() - TimeDelta::days(10)).await;
+async fn track_full_and_downsampled_keeps_the_most_accurate_real_fix(backend: Backend) {
+    let w = world(backend).await;
+    let db = &w.db;
+    let dev = assign_device(db, "tag-a", w.org.case_a, now() - TimeDelta::days(10)).await;
     let base = at(2026, 3, 19, 10, 0);
     // 120 fixes, 30 s apart, accuracy varying 5..17 m.
-    insert_fixes(pool, dev, base, TimeDelta::seconds(30), 120).await;
-    sqlx::query(
-        "UPDATE fixes SET acc_m = 5 + (seq * 7) % 13, speed_mps = seq WHERE device_key = $1",
-    )
-    .bind(dev)
-    .execute(pool)
-    .await
-    .unwrap();
+    insert_fixes(db, dev, base, TimeDelta::seconds(30), 120).await;
+    Q::new("UPDATE fixes SET acc_m = 5 + (seq * 7) % 13, speed_mps = seq WHERE device_key = $1")
+        .bind(dev)
+        .execute(db)
+        .await
+        .unwrap();
     // Zone versions: v1 before the period, v2 half-way through; a retired
     // rule's zone is not in force.
     let z = zone_with_rule(
-        pool,
+        db,
         "park",
         &[base - TimeDelta::days(5), base + TimeDelta::minutes(30)],
         w.org.case_a,
@@ -229,7 +244,7 @@ async fn track_full_and_downsampled_keeps_the_most_accurate_real_fix() {
     )
     .await;
     zone_with_rule(
-        pool,
+        db,
         "old",
         &[base - TimeDelta::days(5)],
         w.org.case_a,
@@ -280,13 +295,23 @@ async fn track_full_and_downsampled_keeps_the_most_accurate_real_fix() {
 
     // 5-minute buckets: 12 fixes, each a stored row, the lowest acc_m of
     // its bucket (earliest on a tie).
-    let rows: Vec<(DateTime<Utc>, f64, f64, f32)> = sqlx::query_as(
+    let rows: Vec<(DateTime<Utc>, f64, f64, f32)> = Q::new(
         "SELECT fix_time, lat, lon, acc_m FROM fixes WHERE device_key = $1 ORDER BY fix_time",
     )
     .bind(dev)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
-    .unwrap();
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            r.get("fix_time"),
+            r.get("lat"),
+            r.get("lon"),
+            r.get("acc_m"),
+        )
+    })
+    .collect();
     let down = w
         .api
         .get(&path(&format!("{range}&bucket=5m")), &w.org.off_a)
@@ -319,7 +344,7 @@ async fn track_full_and_downsampled_keeps_the_most_accurate_real_fix() {
     assert_eq!(one.body["fixes"].as_array().unwrap().len(), 1);
     assert_eq!(one.body["fixes"][0]["acc_m"], 5.0);
 
-    let reads = audits(pool, "track.read").await;
+    let reads = audits(db, "track.read").await;
     assert_eq!(reads.len(), 4);
     assert_eq!(reads[0].0, Some(w.org.case_a));
     assert_eq!(reads[0].2["rows"], 120);
@@ -328,31 +353,30 @@ async fn track_full_and_downsampled_keeps_the_most_accurate_real_fix() {
     assert_eq!(reads[2].2["rows"], 12);
 }
 
-#[tokio::test]
-async fn track_and_position_are_clipped_to_the_assignment() {
-    let w = world().await;
-    let pool = &w.db.pool;
+async fn track_and_position_are_clipped_to_the_assignment(backend: Backend) {
+    let w = world(backend).await;
+    let db = &w.db;
     let t0 = at(2026, 3, 18, 0, 0);
     let handover = at(2026, 3, 18, 1, 0);
     // The device was worn by case-b until the handover, then by case-a.
-    let dev = assign_device(pool, "tag-x", w.org.case_b, t0).await;
-    sqlx::query("UPDATE device_assignments SET valid_to = $1 WHERE device_key = $2")
+    let dev = assign_device(db, "tag-x", w.org.case_b, t0).await;
+    Q::new("UPDATE device_assignments SET valid_to = $1 WHERE device_key = $2")
         .bind(handover)
         .bind(dev)
-        .execute(pool)
+        .execute(db)
         .await
         .unwrap();
-    sqlx::query(
+    Q::new(
         "INSERT INTO device_assignments (device_key, supervisee_id, valid_from) VALUES ($1, $2, $3)",
     )
     .bind(dev)
     .bind(w.org.case_a)
     .bind(handover)
-    .execute(pool)
+    .execute(db)
     .await
     .unwrap();
     // 120 fixes a minute apart: 60 before the handover, 60 after.
-    insert_fixes(pool, dev, t0, TimeDelta::minutes(1), 120).await;
+    insert_fixes(db, dev, t0, TimeDelta::minutes(1), 120).await;
 
     let q = format!(
         "from={}&to={}",
@@ -411,11 +435,10 @@ async fn track_and_position_are_clipped_to_the_assignment() {
     assert_eq!(t_of(&pa.body["fix_time"]), t0 + TimeDelta::minutes(119));
 }
 
-#[tokio::test]
-async fn track_parameters_are_validated_naming_the_field() {
-    let w = world().await;
-    let pool = &w.db.pool;
-    let dev = assign_device(pool, "tag-a", w.org.case_a, now() - TimeDelta::days(40)).await;
+async fn track_parameters_are_validated_naming_the_field(backend: Backend) {
+    let w = world(backend).await;
+    let db = &w.db;
+    let dev = assign_device(db, "tag-a", w.org.case_a, now() - TimeDelta::days(40)).await;
     let t = at(2026, 3, 10, 0, 0);
     let path = |q: &str| format!("/supervisees/{}/track?{q}", w.org.case_a);
     let cases: Vec<(String, &str)> = vec![
@@ -489,7 +512,7 @@ async fn track_parameters_are_validated_naming_the_field() {
     assert_eq!(t_of(&plus.body["from"]), t);
 
     // More than 100 000 fixes must be downsampled.
-    insert_fixes(pool, dev, t, TimeDelta::seconds(1), 100_001).await;
+    insert_fixes(db, dev, t, TimeDelta::seconds(1), 100_001).await;
     let q = format!("from={}&to={}", iso(t), iso(t + TimeDelta::days(2)));
     let big = w.api.get(&path(&q), &w.org.off_a).await;
     assert_eq!(field_error(&big), "bucket", "{}", big.text);
@@ -498,19 +521,19 @@ async fn track_parameters_are_validated_naming_the_field() {
         .get(&path(&format!("{q}&bucket=1m")), &w.org.off_a)
         .await;
     assert_eq!(down.status, 200, "{}", down.text);
-    assert_eq!(down.body["fixes"].as_array().unwrap().len(), 1667); // ceil(100001 / 60)
-                                                                    // Refusals return no data, so they are not audited reads.
-    assert_eq!(audits(pool, "track.read").await.len(), 3);
+    // ceil(100001 / 60)
+    assert_eq!(down.body["fixes"].as_array().unwrap().len(), 1667);
+    // Refusals return no data, so they are not audited reads.
+    assert_eq!(audits(db, "track.read").await.len(), 3);
 }
 
-#[tokio::test]
-async fn a_thirty_day_track_of_43200_fixes() {
-    let w = world().await;
-    let pool = &w.db.pool;
-    let dev = assign_device(pool, "tag-a", w.org.case_a, now() - TimeDelta::days(40)).await;
+async fn a_thirty_day_track_of_43200_fixes(backend: Backend) {
+    let w = world(backend).await;
+    let db = &w.db;
+    let dev = assign_device(db, "tag-a", w.org.case_a, now() - TimeDelta::days(40)).await;
     let from = at(2026, 2, 18, 0, 0);
-    insert_fixes(pool, dev, from, TimeDelta::minutes(1), 43_200).await;
-    sqlx::query("ANALYZE fixes").execute(pool).await.unwrap();
+    insert_fixes(db, dev, from, TimeDelta::minutes(1), 43_200).await;
+    Q::new("ANALYZE fixes").execute(db).await.unwrap();
     let path = format!(
         "/supervisees/{}/track?from={}&to={}",
         w.org.case_a,
@@ -536,7 +559,7 @@ async fn a_thirty_day_track_of_43200_fixes() {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["fixes"].as_array().unwrap().len(), 43_200);
     eprintln!(
-        "43200-fix track over HTTP: {took:?} to the last byte, {} bytes",
+        "43200-fix track over HTTP ({backend:?}): {took:?} to the last byte, {} bytes",
         body.len()
     );
 }
@@ -553,20 +576,19 @@ fn assert_digest(r: &Reply) -> String {
     hex
 }
 
-#[tokio::test]
-async fn exports_in_three_formats_carry_a_digest_of_their_bytes_and_are_audited() {
-    let w = world().await;
-    let pool = &w.db.pool;
-    let dev = assign_device(pool, "tag-a", w.org.case_a, now() - TimeDelta::days(10)).await;
+async fn exports_in_three_formats_carry_a_digest_of_their_bytes_and_are_audited(backend: Backend) {
+    let w = world(backend).await;
+    let db = &w.db;
+    let dev = assign_device(db, "tag-a", w.org.case_a, now() - TimeDelta::days(10)).await;
     let base = at(2026, 3, 19, 8, 0);
-    insert_fixes(pool, dev, base, TimeDelta::minutes(1), 100).await;
-    sqlx::query("UPDATE fixes SET speed_mps = 1.5 WHERE device_key = $1 AND seq = 3")
+    insert_fixes(db, dev, base, TimeDelta::minutes(1), 100).await;
+    Q::new("UPDATE fixes SET speed_mps = 1.5 WHERE device_key = $1 AND seq = 3")
         .bind(dev)
-        .execute(pool)
+        .execute(db)
         .await
         .unwrap();
     zone_with_rule(
-        pool,
+        db,
         "park",
         &[base - TimeDelta::days(3)],
         w.org.case_a,
@@ -578,7 +600,7 @@ async fn exports_in_three_formats_carry_a_digest_of_their_bytes_and_are_audited(
     // One alert in the period, resolved with a note that needs escaping;
     // one outside it.
     let alert = insert_alert(
-        pool,
+        db,
         dev,
         w.org.case_a,
         "exclusion_zone_entry",
@@ -586,17 +608,17 @@ async fn exports_in_three_formats_carry_a_digest_of_their_bytes_and_are_audited(
         base + TimeDelta::minutes(30),
     )
     .await;
-    sqlx::query(
+    Q::new(
         "UPDATE alerts SET status = 'resolved', outcome = 'contacted_supervisee', \
            resolution_note = 'took <the> \"short\" way & left', resolved_at = $2, resolved_by = 'off-a' \
          WHERE alert_id = $1",
     )
     .bind(alert)
     .bind(base + TimeDelta::minutes(50))
-    .execute(pool)
+    .execute(db)
     .await
     .unwrap();
-    sqlx::query(
+    Q::new(
         "INSERT INTO alert_actions (alert_id, action, actor, at, outcome, note) VALUES \
          ($1, 'acknowledge', 'off-a', $2, NULL, NULL), \
          ($1, 'resolve', 'off-a', $3, 'contacted_supervisee', 'took <the> \"short\" way & left')",
@@ -604,11 +626,11 @@ async fn exports_in_three_formats_carry_a_digest_of_their_bytes_and_are_audited(
     .bind(alert)
     .bind(base + TimeDelta::minutes(35))
     .bind(base + TimeDelta::minutes(50))
-    .execute(pool)
+    .execute(db)
     .await
     .unwrap();
     insert_alert(
-        pool,
+        db,
         dev,
         w.org.case_a,
         "battery_low",
@@ -734,7 +756,7 @@ async fn exports_in_three_formats_carry_a_digest_of_their_bytes_and_are_audited(
         ("export.csv", csha),
         ("export.gpx", xsha),
     ] {
-        let rows = audits(pool, action).await;
+        let rows = audits(db, action).await;
         assert_eq!(rows.len(), 1, "{action}");
         assert_eq!(rows[0].0, Some(w.org.case_a));
         assert_eq!(rows[0].1, "off-a");
@@ -770,26 +792,41 @@ async fn exports_in_three_formats_carry_a_digest_of_their_bytes_and_are_audited(
     small.clock.set(now());
     let refused = small.get(&path("csv"), &w.org.off_a).await;
     assert_eq!(field_error(&refused), "to");
-    assert_eq!(audits(pool, "export.csv").await.len(), 1);
+    assert_eq!(audits(db, "export.csv").await.len(), 1);
 }
 
-#[tokio::test]
-async fn an_export_whose_audit_record_cannot_be_written_returns_no_data() {
-    let w = world().await;
-    let pool = &w.db.pool;
-    let dev = assign_device(pool, "tag-a", w.org.case_a, now() - TimeDelta::days(10)).await;
+async fn an_export_whose_audit_record_cannot_be_written_returns_no_data(backend: Backend) {
+    let w = world(backend).await;
+    let db = &w.db;
+    let dev = assign_device(db, "tag-a", w.org.case_a, now() - TimeDelta::days(10)).await;
     let base = at(2026, 3, 19, 8, 0);
-    insert_fixes(pool, dev, base, TimeDelta::minutes(1), 20).await;
+    insert_fixes(db, dev, base, TimeDelta::minutes(1), 20).await;
     // The audit log refuses export records (as a full disk or a lost
     // connection would, after the data has been read and formatted).
-    sqlx::raw_sql(
-        "CREATE FUNCTION refuse_export_audit() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN IF NEW.action LIKE 'export.%' THEN RAISE EXCEPTION 'audit refused'; END IF; \
-         RETURN NEW; END $$; \
-         CREATE TRIGGER refuse_export_audit BEFORE INSERT ON audit_log \
-         FOR EACH ROW EXECUTE FUNCTION refuse_export_audit();",
+    // Each dialect's own trigger language, failing with an error the API
+    // does not anticipate. Not SQLite's RAISE: that is
+    // SQLITE_CONSTRAINT_TRIGGER, which store::sql reads as a conflict (the
+    // schema's overlap triggers use it); a runtime error inside the trigger
+    // (malformed JSON) is a plain SQLITE_ERROR, as PostgreSQL's RAISE
+    // EXCEPTION is an unclassified P0001.
+    if let Some(pg) = db.pg() {
+        sqlx::query(
+            "CREATE FUNCTION refuse_export_audit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.action LIKE 'export.%' THEN RAISE EXCEPTION 'audit refused'; END IF; \
+             RETURN NEW; END $$",
+        )
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    }
+    Q::split(
+        "CREATE TRIGGER refuse_export_audit BEFORE INSERT ON audit_log \
+         FOR EACH ROW EXECUTE FUNCTION refuse_export_audit()",
+        "CREATE TRIGGER refuse_export_audit BEFORE INSERT ON audit_log \
+         FOR EACH ROW WHEN NEW.action LIKE 'export.%' \
+         BEGIN SELECT json('audit refused'); END",
     )
-    .execute(pool)
+    .execute(db)
     .await
     .unwrap();
     let range = format!("from={}&to={}", iso(base), iso(base + TimeDelta::hours(1)));
@@ -810,10 +847,13 @@ async fn an_export_whose_audit_record_cannot_be_written_returns_no_data() {
             r.text
         );
     }
-    sqlx::query("DROP TRIGGER refuse_export_audit ON audit_log")
-        .execute(pool)
-        .await
-        .unwrap();
+    Q::split(
+        "DROP TRIGGER refuse_export_audit ON audit_log",
+        "DROP TRIGGER refuse_export_audit",
+    )
+    .execute(db)
+    .await
+    .unwrap();
     let ok = w
         .api
         .get(
@@ -822,17 +862,16 @@ async fn an_export_whose_audit_record_cannot_be_written_returns_no_data() {
         )
         .await;
     assert_eq!(ok.status, 200, "{}", ok.text);
-    assert_eq!(audits(pool, "export.csv").await.len(), 1);
+    assert_eq!(audits(db, "export.csv").await.len(), 1);
 }
 
-#[tokio::test]
-async fn compliance_counts_a_constructed_history() {
-    let w = world().await;
-    let pool = &w.db.pool;
+async fn compliance_counts_a_constructed_history(backend: Backend) {
+    let w = world(backend).await;
+    let db = &w.db;
     // Monitored for 20 days; curfew 21:00-07:00 every night.
-    let dev = assign_device(pool, "tag-a", w.org.case_a, now() - TimeDelta::days(20)).await;
+    let dev = assign_device(db, "tag-a", w.org.case_a, now() - TimeDelta::days(20)).await;
     zone_with_rule(
-        pool,
+        db,
         "home-a",
         &[now() - TimeDelta::days(30)],
         w.org.case_a,
@@ -846,7 +885,7 @@ async fn compliance_counts_a_constructed_history() {
     .await;
     // Period: 2026-03-11 .. 2026-03-20 (today, London = UTC in March).
     insert_alert(
-        pool,
+        db,
         dev,
         w.org.case_a,
         "exclusion_zone_entry",
@@ -856,7 +895,7 @@ async fn compliance_counts_a_constructed_history() {
     .await;
     // A curfew violation after midnight belongs to the night of the 13th.
     insert_alert(
-        pool,
+        db,
         dev,
         w.org.case_a,
         "curfew_violation",
@@ -866,7 +905,7 @@ async fn compliance_counts_a_constructed_history() {
     .await;
     // A false alarm on the 12th's night counts for nothing.
     let noise = insert_alert(
-        pool,
+        db,
         dev,
         w.org.case_a,
         "curfew_violation",
@@ -874,18 +913,18 @@ async fn compliance_counts_a_constructed_history() {
         at(2026, 3, 12, 23, 0),
     )
     .await;
-    sqlx::query(
+    Q::new(
         "UPDATE alerts SET status = 'resolved', outcome = 'gps_false_alarm', \
            resolution_note = 'multipath near flats', resolved_at = $2, resolved_by = 'off-a' \
          WHERE alert_id = $1",
     )
     .bind(noise)
     .bind(at(2026, 3, 13, 9, 0))
-    .execute(pool)
+    .execute(db)
     .await
     .unwrap();
     insert_alert(
-        pool,
+        db,
         dev,
         w.org.case_a,
         "battery_low",
@@ -894,7 +933,7 @@ async fn compliance_counts_a_constructed_history() {
     )
     .await;
     insert_alert(
-        pool,
+        db,
         dev,
         w.org.case_a,
         "no_signal",
@@ -904,7 +943,7 @@ async fn compliance_counts_a_constructed_history() {
     .await;
     // Outside the period, and someone else's: not counted.
     insert_alert(
-        pool,
+        db,
         dev,
         w.org.case_a,
         "strap_tamper",
@@ -912,9 +951,9 @@ async fn compliance_counts_a_constructed_history() {
         at(2026, 3, 5, 12, 0),
     )
     .await;
-    let dev_b = assign_device(pool, "tag-b", w.org.case_b, now() - TimeDelta::days(2)).await;
+    let dev_b = assign_device(db, "tag-b", w.org.case_b, now() - TimeDelta::days(2)).await;
     insert_alert(
-        pool,
+        db,
         dev_b,
         w.org.case_b,
         "strap_tamper",
@@ -987,19 +1026,18 @@ async fn compliance_counts_a_constructed_history() {
             .await;
         assert_eq!(field_error(&r), "days");
     }
-    let reads = audits(pool, "compliance.read").await;
+    let reads = audits(db, "compliance.read").await;
     assert_eq!(reads.len(), 2);
     assert_eq!(reads[0].0, Some(w.org.case_a));
     assert_eq!(reads[0].2["days"], 10);
 }
 
-#[tokio::test]
-async fn outside_the_caseload_is_a_missing_id_and_other_roles_are_refused() {
-    let w = world().await;
-    let pool = &w.db.pool;
-    let dev = assign_device(pool, "tag-a", w.org.case_a, now() - TimeDelta::days(10)).await;
+async fn outside_the_caseload_is_a_missing_id_and_other_roles_are_refused(backend: Backend) {
+    let w = world(backend).await;
+    let db = &w.db;
+    let dev = assign_device(db, "tag-a", w.org.case_a, now() - TimeDelta::days(10)).await;
     insert_fixes(
-        pool,
+        db,
         dev,
         now() - TimeDelta::hours(1),
         TimeDelta::minutes(1),
@@ -1051,10 +1089,10 @@ async fn outside_the_caseload_is_a_missing_id_and_other_roles_are_refused() {
         .await;
     assert_problem(&anon, 401);
     // Refused reads wrote no read records; only off-c's own list did.
-    let n: i64 = sqlx::query_scalar(
+    let n: i64 = Q::new(
         "SELECT count(*) FROM audit_log WHERE actor <> 'sup-n' AND action <> 'positions.read'",
     )
-    .fetch_one(pool)
+    .scalar(db)
     .await
     .unwrap();
     assert_eq!(n, 0);

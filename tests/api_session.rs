@@ -1,6 +1,9 @@
 //! Browser sessions: a token is exchanged for an HttpOnly, SameSite=Strict
 //! cookie; the cookie authenticates reads, changes (with the CSRF header)
 //! and the live stream; signing out or revoking the token ends it.
+//!
+//! Every test runs on both backends, as `name::pg` and `name::sqlite`
+//! (see `common::api`).
 
 mod common;
 
@@ -8,24 +11,22 @@ use reqwest::header::{COOKIE, SET_COOKIE};
 use serde_json::json;
 
 use common::api::*;
-use common::TestDb;
 use waypoint::api::ApiConfig;
 use waypoint::clock::Clock;
+use waypoint::store::sql::Q;
 
-#[tokio::test]
-async fn a_token_becomes_an_httponly_cookie_that_works_until_sign_out() {
-    let db = TestDb::new().await;
+both!(
+    a_token_becomes_an_httponly_cookie_that_works_until_sign_out,
+    a_session_ends_with_its_token_and_its_lifetime,
+);
+
+async fn a_token_becomes_an_httponly_cookie_that_works_until_sign_out(backend: Backend) {
+    let db = ApiDb::new(backend).await;
     let api = ApiServer::start(&db, ApiConfig::default()).await;
-    let org = Org::create(&db.pool).await;
+    let org = Org::create(&db).await;
     let now = api.clock.now();
-    let dev = assign_device(
-        &db.pool,
-        "tag-a",
-        org.case_a,
-        now - chrono::TimeDelta::days(1),
-    )
-    .await;
-    let alert = insert_alert(&db.pool, dev, org.case_a, "strap_tamper", "critical", now).await;
+    let dev = assign_device(&db, "tag-a", org.case_a, now - chrono::TimeDelta::days(1)).await;
+    let alert = insert_alert(&db, dev, org.case_a, "strap_tamper", "critical", now).await;
 
     // Wrong token: no cookie.
     let bad = api
@@ -60,8 +61,8 @@ async fn a_token_becomes_an_httponly_cookie_that_works_until_sign_out() {
     );
     let cookie = set.split(';').next().unwrap().to_owned();
     // Only the hash is stored.
-    let stored: Vec<u8> = sqlx::query_scalar("SELECT session_hash FROM api_sessions")
-        .fetch_one(&db.pool)
+    let stored: Vec<u8> = Q::new("SELECT session_hash FROM api_sessions")
+        .scalar(&db)
         .await
         .unwrap();
     assert_eq!(stored.len(), 32);
@@ -117,21 +118,17 @@ async fn a_token_becomes_an_httponly_cookie_that_works_until_sign_out() {
         .contains("Max-Age=0"));
     assert_problem(&read(get("/alerts").await.unwrap()).await, 401);
     assert_eq!(
-        waypoint::api::audit::count(
-            &waypoint::store::sql::Db::Pg(db.pool.clone()),
-            "session.create"
-        )
-        .await
-        .unwrap(),
+        waypoint::api::audit::count(&db, "session.create")
+            .await
+            .unwrap(),
         1
     );
 }
 
-#[tokio::test]
-async fn a_session_ends_with_its_token_and_its_lifetime() {
-    let db = TestDb::new().await;
+async fn a_session_ends_with_its_token_and_its_lifetime(backend: Backend) {
+    let db = ApiDb::new(backend).await;
     let api = ApiServer::start(&db, ApiConfig::default()).await;
-    let org = Org::create(&db.pool).await;
+    let org = Org::create(&db).await;
     let sign_in = |token: String| {
         let api = &api;
         async move {
@@ -173,8 +170,8 @@ async fn a_session_ends_with_its_token_and_its_lifetime() {
     assert_problem(&get(c).await, 401);
 
     let c = sign_in(org.off_b.clone()).await;
-    sqlx::query("UPDATE api_tokens SET revoked_at = now()")
-        .execute(&db.pool)
+    Q::new("UPDATE api_tokens SET revoked_at = now()")
+        .execute(&db)
         .await
         .unwrap();
     assert_problem(&get(c).await, 401);

@@ -96,3 +96,31 @@ fn embedded_mode_refuses_unusable_ports_and_directories() {
     assert!(!out.status.success());
     assert!(err.contains("--embedded"), "{err}");
 }
+
+/// The CLI works on the embedded database with `--data-dir`, as a pilot
+/// needs it to (tokens to sign in with, devices, alerts).
+#[test]
+fn the_cli_works_on_the_embedded_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = |args: &[&str]| {
+        let out = waypoint()
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {text}\n{err}");
+        text
+    };
+    let token = run(&["tokens", "create", "--role", "admin"]);
+    assert!(token.trim().starts_with("wpt_"), "{token}");
+    run(&["devices", "add", "tag-1"]);
+    assert!(run(&["devices", "list"]).contains("tag-1\tactive"));
+    run(&["devices", "revoke", "tag-1"]);
+    assert!(run(&["devices", "list"]).contains("tag-1\trevoked"));
+    assert_eq!(run(&["alerts", "list"]), "");
+    assert!(data.join("waypoint.db").is_file());
+}

@@ -17,7 +17,7 @@ use rumqttc::v5::{AsyncClient as Client5, Event as Event5, EventLoop as EventLoo
 use waypoint::app::Running;
 use waypoint::broker::{BrokerError, BrokerOptions, EmbeddedBroker, INFLIGHT_PER_CONNECTION};
 use waypoint::clock::SystemClock;
-use waypoint::config::{Cli, Command};
+use waypoint::config::{AppConfig, Cli, Command};
 use waypoint::ingest::topic::native_topic;
 use waypoint::store::postgres::PgStore;
 
@@ -46,9 +46,9 @@ impl Server {
         }
     }
 
-    /// Starts it through `waypoint serve`'s flag parsing, as
-    /// tests/common's start_server does, and waits for /readyz.
-    async fn start(&self) -> Running {
+    /// Its configuration, through `waypoint serve`'s flag parsing as
+    /// tests/common's start_server does.
+    fn config(&self) -> AppConfig {
         let argv = [
             "waypoint",
             "serve",
@@ -72,7 +72,12 @@ impl Server {
         let Command::Serve(args) = Cli::try_parse_from(argv).expect("flags").command else {
             unreachable!()
         };
-        let cfg = args.to_config().expect("config");
+        args.to_config().expect("config")
+    }
+
+    /// Starts it and waits for /readyz.
+    async fn start(&self) -> Running {
+        let cfg = self.config();
         // What the server's client accepts bounds what the broker may accept.
         assert!(
             BrokerOptions::for_ingest(&cfg.mqtt).max_packet_bytes
@@ -233,6 +238,43 @@ async fn messages_unacked_at_shutdown_are_redelivered_to_the_next_start() {
     second.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_devices_send_while_the_server_starts_is_kept_only_for_a_prepared_session() {
+    let broker = embedded();
+    let db = TestDb::new().await;
+    db.enroll("emb-s").await;
+    let publ = Publisher::connect_to(broker.local_addr().port(), None).await;
+
+    // Prepared: the broker keeps what arrives before the server connects.
+    let server = Server::new(&db.url, &broker);
+    broker
+        .prepare_ingest_session(&server.config().mqtt)
+        .expect("session prepared");
+    let topic = native_topic(&server.prefix, "emb-s");
+    for seq in 0..50 {
+        publ.publish(&topic, json_msg("emb-s", 1, seq, 1)).await;
+    }
+    publ.wait_broker_acks(50).await;
+    let srv = server.start().await;
+    wait_acked(&srv, 50).await;
+    assert_eq!(db.count("SELECT count(*) FROM messages").await, 50);
+    srv.stop().await;
+
+    // Not prepared: rumqttd acknowledges the publishes and routes them to
+    // nobody (the limit prepare_ingest_session exists for).
+    let late = Server::new(&db.url, &broker);
+    let topic = native_topic(&late.prefix, "emb-s");
+    for seq in 50..60 {
+        publ.publish(&topic, json_msg("emb-s", 1, seq, 1)).await;
+    }
+    publ.wait_broker_acks(60).await;
+    let srv = late.start().await;
+    publ.publish(&topic, json_msg("emb-s", 1, 60, 1)).await;
+    wait_acked(&srv, 1).await;
+    assert_eq!(db.count("SELECT count(*) FROM messages").await, 51);
+    srv.stop().await;
+}
+
 #[test]
 fn a_taken_port_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -258,18 +300,20 @@ fn subscriber(addr: SocketAddr, id: &str, receive_maximum: u16) -> (Client5, Eve
     Client5::new(o, 1000)
 }
 
-/// Publishes received within `quiet` of each other (the connection's
-/// other events are skipped); stops at a connection error.
-async fn receive(el: &mut EventLoop5, quiet: Duration) -> Vec<Publish5> {
+/// Publishes received: waits up to [`WAIT`] until `want` have arrived, then
+/// keeps taking more until `quiet` passes without one (so a test can see
+/// that no more than expected arrive). Other events are skipped; a
+/// connection error ends it.
+async fn receive(el: &mut EventLoop5, want: usize, quiet: Duration) -> Vec<Publish5> {
     let mut got = vec![];
-    while let Ok(ev) = tokio::time::timeout(quiet, el.poll()).await {
-        match ev {
-            Ok(Event5::Incoming(Packet5::Publish(p))) => got.push(p),
-            Ok(_) => {}
-            Err(_) => break,
+    loop {
+        let limit = if got.len() < want { WAIT } else { quiet };
+        match tokio::time::timeout(limit, el.poll()).await {
+            Ok(Ok(Event5::Incoming(Packet5::Publish(p)))) => got.push(p),
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => return got,
         }
     }
-    got
 }
 
 fn seqs(p: &[Publish5]) -> Vec<u32> {
@@ -278,7 +322,8 @@ fn seqs(p: &[Publish5]) -> Vec<u32> {
         .collect()
 }
 
-/// (a) v4 publishers reach a v5 subscriber; (b) a persistent session gets
+/// (a) v4 publishers reach a v5 subscriber (and the other way round, as
+/// alerts do); (b) a persistent session gets
 /// what it had not acknowledged again; (c) Receive Maximum is ignored in
 /// favour of rumqttd's fixed window; (d) an oversize publish ends the
 /// publisher's connection and reaches nobody.
@@ -288,7 +333,7 @@ async fn rumqttd_behaves_as_src_broker_rs_documents() {
     let quiet = Duration::from_millis(500);
     let (sub, mut el) = subscriber(broker.ingest_addr(), "probe-srv", 10);
     sub.subscribe("probe/#", QoS5::AtLeastOnce).await.unwrap();
-    assert!(receive(&mut el, quiet).await.is_empty());
+    assert!(receive(&mut el, 0, quiet).await.is_empty());
 
     let publ = Publisher::connect_to(broker.local_addr().port(), None).await;
     for i in 0..300u32 {
@@ -296,7 +341,7 @@ async fn rumqttd_behaves_as_src_broker_rs_documents() {
             .await;
     }
     publ.wait_broker_acks(300).await;
-    let first = receive(&mut el, quiet).await;
+    let first = receive(&mut el, 100, quiet).await;
     let window = usize::from(INFLIGHT_PER_CONNECTION);
     assert_eq!(seqs(&first), (0..window as u32).collect::<Vec<_>>());
 
@@ -304,14 +349,16 @@ async fn rumqttd_behaves_as_src_broker_rs_documents() {
     for p in &first[..20] {
         sub.try_ack(p).unwrap();
     }
-    let more = receive(&mut el, quiet).await;
+    let more = receive(&mut el, 20, quiet).await;
     assert_eq!(more.len(), 20, "the window slides by what was acknowledged");
     drop((sub, el));
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let (sub, mut el) = subscriber(broker.ingest_addr(), "probe-srv", 10);
     let mut all = vec![];
-    let mut batch = receive(&mut el, quiet).await;
+    // The window again, starting with what was delivered before and not
+    // acknowledged; acknowledging then lets the rest through.
+    let mut batch = receive(&mut el, 100, quiet).await;
     assert_eq!(
         seqs(&batch)[0],
         20,
@@ -322,7 +369,8 @@ async fn rumqttd_behaves_as_src_broker_rs_documents() {
             sub.try_ack(p).unwrap();
         }
         all.extend(seqs(&batch));
-        batch = receive(&mut el, quiet).await;
+        let rest = 280usize.saturating_sub(all.len()).min(window);
+        batch = receive(&mut el, rest, quiet).await;
     }
     assert_eq!(
         all,
@@ -333,7 +381,7 @@ async fn rumqttd_behaves_as_src_broker_rs_documents() {
     let big = Publisher::connect_to(broker.local_addr().port(), None).await;
     big.publish("probe/big", vec![b'x'; DEFAULT_OVER]).await;
     publ.publish("probe/fits", vec![b'y'; 100 * 1024]).await;
-    let got = receive(&mut el, quiet).await;
+    let got = receive(&mut el, 1, quiet).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload.len(), 100 * 1024);
     assert_eq!(
@@ -342,6 +390,45 @@ async fn rumqttd_behaves_as_src_broker_rs_documents() {
         "an oversize publish is never acknowledged"
     );
     assert!(broker.is_running());
+}
+
+/// Alerts go the other way: published by the server's v5 client on the
+/// ingest listener, read by 3.1.1 clients (firmware-sim's alert listener)
+/// on the device listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v5_publish_reaches_a_v4_subscriber() {
+    let broker = embedded();
+    let mut o = rumqttc::MqttOptions::new("probe-v4-sub", "127.0.0.1", broker.local_addr().port());
+    o.set_clean_session(false);
+    let (sub, mut sub_el) = rumqttc::AsyncClient::new(o, 16);
+    sub.subscribe("probe-alerts/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        let ev = tokio::time::timeout(WAIT, sub_el.poll())
+            .await
+            .expect("SUBACK");
+        if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) = ev {
+            break;
+        }
+    }
+    let ingest = broker.ingest_addr();
+    let o = rumqttc::v5::MqttOptions::new("probe-v5-pub", "127.0.0.1", ingest.port());
+    let (publ, mut publ_el) = Client5::new(o, 16);
+    tokio::spawn(async move { while publ_el.poll().await.is_ok() {} });
+    publ.publish("probe-alerts/dev-1", QoS5::AtLeastOnce, false, "alert")
+        .await
+        .unwrap();
+    loop {
+        let ev = tokio::time::timeout(WAIT, sub_el.poll())
+            .await
+            .expect("publish");
+        if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) = ev {
+            assert_eq!(p.topic, "probe-alerts/dev-1");
+            assert_eq!(&p.payload[..], b"alert");
+            break;
+        }
+    }
 }
 
 /// Just over the embedded broker's default packet limit.

@@ -10,7 +10,6 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgExecutor;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Principal, Role};
@@ -127,29 +126,6 @@ pub async fn record(
         .bind(&reason.0)
         .bind(e.detail)
         .execute(tx)
-        .await?;
-    Ok(())
-}
-
-/// [`record`] on a PostgreSQL connection (modules not yet moved to [`Tx`]).
-pub async fn record_pg<'e>(
-    exec: impl PgExecutor<'e>,
-    who: &Principal,
-    reason: &AuditReason,
-    at: DateTime<Utc>,
-    e: Entry,
-) -> Result<(), ApiError> {
-    sqlx::query(INSERT)
-        .bind(at)
-        .bind(who.token_id)
-        .bind(who.actor())
-        .bind(who.role.as_str())
-        .bind(e.action)
-        .bind(e.supervisee_id)
-        .bind(e.alert_id)
-        .bind(&reason.0)
-        .bind(&e.detail)
-        .execute(exec)
         .await?;
     Ok(())
 }

@@ -109,9 +109,6 @@ impl ApiConfig {
 pub struct ApiState {
     /// The database, PostgreSQL or SQLite ([`crate::store::sql`]).
     pub db: Db,
-    /// PostgreSQL pool of the modules not yet moved to [`Db`]; on SQLite
-    /// a pool that fails to connect.
-    pub pool: PgPool,
     /// Alert-log live feed (SSE) and wake-ups after officer actions.
     pub outbox: Arc<Outbox>,
     /// Server time (injectable for tests: tickets, escalation, audit).
@@ -128,15 +125,8 @@ pub const CONCURRENT_EXPORTS: usize = 2;
 impl ApiState {
     /// State for the handlers.
     pub fn new(db: Db, outbox: Arc<Outbox>, clock: SharedClock, cfg: ApiConfig) -> Self {
-        let pool = match &db {
-            Db::Pg(p) => p.clone(),
-            Db::Lite(_) => {
-                PgPool::connect_lazy("postgres://not-used.invalid/").expect("a constant URL parses")
-            }
-        };
         Self {
             db,
-            pool,
             outbox,
             clock,
             cfg: Arc::new(cfg),

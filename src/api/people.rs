@@ -81,17 +81,6 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// `on` once more, for the next statement: the read helpers below run on
-/// the pool (plain GETs) or inside the transaction that just wrote (so the
-/// answer shows the change, and SQLite's single writer is not asked for a
-/// second connection).
-fn again<'a>(on: &'a mut On<'_>) -> On<'a> {
-    match on {
-        On::Db(d) => On::Db(d),
-        On::Tx(t) => On::Tx(t),
-    }
-}
-
 /// `(exists, active)` of an officer reference.
 async fn officer_active(tx: &mut Tx, officer_ref: &str) -> Result<Option<bool>, sqlx::Error> {
     Q::new("SELECT active FROM officers WHERE officer_ref = $1")
@@ -192,7 +181,7 @@ async fn read_supervisee(
     let r = Q::new(sql)
         .bind(who.scope_param())
         .bind(id)
-        .fetch_optional(again(&mut on))
+        .fetch_optional(on.reborrow())
         .await?
         .ok_or(ApiError::NotFound)?;
     let devices = Q::new(
@@ -203,7 +192,7 @@ async fn read_supervisee(
     )
     .bind(id)
     .bind(now)
-    .fetch_all(again(&mut on))
+    .fetch_all(on.reborrow())
     .await?
     .iter()
     .map(|r| WornDevice {
@@ -1267,7 +1256,7 @@ async fn read_device(
     )
     .bind(now)
     .bind(device_id)
-    .fetch_optional(again(&mut on))
+    .fetch_optional(on.reborrow())
     .await?
     .ok_or(ApiError::NotFound)?;
     let key: i64 = r.get("device_key");
@@ -1278,7 +1267,7 @@ async fn read_device(
          WHERE a.device_key = $1 ORDER BY a.valid_from DESC, a.assignment_id DESC LIMIT 200",
     )
     .bind(key)
-    .fetch_all(again(&mut on))
+    .fetch_all(on.reborrow())
     .await?
     .iter()
     .map(|r| Assignment {

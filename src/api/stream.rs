@@ -32,8 +32,8 @@ use super::audit::{self, AuditReason, Entry};
 use super::auth::{self, Principal, Role, CASEWORK, TICKET_PREFIX};
 use super::error::{ApiError, ApiQuery, StdErrors};
 use super::ApiState;
-use crate::alerts::AlertEvent;
-use crate::store::postgres::alerts::events_after;
+use crate::alerts::{AlertEvent, Audience};
+use crate::store::sql::{Db, Q};
 
 /// Log entries read per database round while replaying.
 const REPLAY_PAGE: i64 = 256;
@@ -65,23 +65,107 @@ pub async fn create_ticket(
     let expires_at = now
         + chrono::TimeDelta::from_std(st.cfg.ticket_ttl)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-    // Expired tickets are cleared here rather than by a separate job.
-    sqlx::query("DELETE FROM stream_tickets WHERE expires_at < $1")
-        .bind(now - chrono::TimeDelta::hours(1))
-        .execute(&st.pool)
-        .await?;
-    sqlx::query(
-        "INSERT INTO stream_tickets (ticket_hash, token_id, expires_at) VALUES ($1, $2, $3)",
-    )
-    .bind(&hash)
-    .bind(who.token_id)
-    .bind(expires_at)
-    .execute(&st.pool)
-    .await?;
+    issue_ticket(&st.db, &hash, who.token_id, expires_at, now).await?;
     Ok((
         axum::http::StatusCode::CREATED,
         Json(Ticket { ticket, expires_at }),
     ))
+}
+
+/// Stores a ticket's hash for `token_id`, clearing tickets expired for an
+/// hour (here rather than by a separate job).
+async fn issue_ticket(
+    db: &Db,
+    hash: &[u8],
+    token_id: i64,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    Q::new("DELETE FROM stream_tickets WHERE expires_at < $1")
+        .bind(now - chrono::TimeDelta::hours(1))
+        .execute(db)
+        .await?;
+    Q::new("INSERT INTO stream_tickets (ticket_hash, token_id, expires_at) VALUES ($1, $2, $3)")
+        .bind(hash)
+        .bind(token_id)
+        .bind(expires_at)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Consumes a live ticket in one statement, so a ticket opens at most one
+/// stream; the token it was issued for.
+async fn redeem_ticket(
+    db: &Db,
+    hash: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Option<i64>, sqlx::Error> {
+    Q::new(
+        "UPDATE stream_tickets SET used_at = $2 \
+         WHERE ticket_hash = $1 AND used_at IS NULL AND expires_at > $2 RETURNING token_id",
+    )
+    .bind(hash)
+    .bind(now)
+    .scalar_opt(db)
+    .await
+}
+
+/// The newest log entry's id (0 for an empty log).
+async fn log_head(db: &Db) -> Result<i64, sqlx::Error> {
+    Q::new("SELECT COALESCE(max(event_id), 0) FROM alert_events")
+        .scalar(db)
+        .await
+}
+
+/// Teams a supervisor belongs to or supervises.
+async fn supervisor_teams(db: &Db, officer_ref: &str) -> Result<Vec<i64>, sqlx::Error> {
+    Ok(Q::new(
+        "SELECT team_id FROM officers WHERE officer_ref = $1 AND team_id IS NOT NULL \
+         UNION SELECT t.team_id FROM teams t JOIN officers o \
+         ON o.officer_id = t.supervisor_id WHERE o.officer_ref = $1",
+    )
+    .bind(officer_ref)
+    .fetch_all(db)
+    .await?
+    .iter()
+    .map(|r| r.get("team_id"))
+    .collect())
+}
+
+/// Log entries after `after`, oldest first, each with its current audience
+/// (the supervisee's officer and team as they are now, not as logged).
+async fn events_after(db: &Db, after: i64, limit: i64) -> Result<Vec<AlertEvent>, sqlx::Error> {
+    Ok(Q::new(
+        "SELECT e.event_id, e.alert_id, e.event_type, e.at, e.payload, s.officer_ref, o.team_id, \
+           s.case_ref \
+         FROM alert_events e JOIN alerts a ON a.alert_id = e.alert_id \
+         LEFT JOIN supervisees s ON s.supervisee_id = a.supervisee_id \
+         LEFT JOIN officers o ON o.officer_ref = s.officer_ref \
+         WHERE e.event_id > $1 ORDER BY e.event_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await?
+    .iter()
+    .map(|r| {
+        let alert = r.json("payload");
+        AlertEvent {
+            event_id: r.get("event_id"),
+            alert_id: r.get("alert_id"),
+            event_type: r.get("event_type"),
+            at: r.get("at"),
+            device_id: alert["device_id"].as_str().unwrap_or_default().to_owned(),
+            alert,
+            audience: Audience {
+                officer_ref: r.get("officer_ref"),
+                team_id: r.get("team_id"),
+                case_ref: r.get("case_ref"),
+            },
+        }
+    })
+    .collect())
 }
 
 /// Query of the stream endpoint.
@@ -111,16 +195,9 @@ async fn authenticate(
     if ticket.len() > 256 {
         return Err(ApiError::Unauthorized);
     }
-    // Consumed atomically: a ticket opens at most one stream.
-    let token_id: Option<i64> = sqlx::query_scalar(
-        "UPDATE stream_tickets SET used_at = $2 \
-         WHERE ticket_hash = $1 AND used_at IS NULL AND expires_at > $2 RETURNING token_id",
-    )
-    .bind(auth::hash_secret(ticket))
-    .bind(now)
-    .fetch_optional(&st.pool)
-    .await?;
-    let token_id = token_id.ok_or(ApiError::Unauthorized)?;
+    let token_id = redeem_ticket(&st.db, &auth::hash_secret(ticket), now)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
     auth::principal_by_id(&st.db, token_id, now)
         .await?
         .ok_or(ApiError::Unauthorized)
@@ -143,19 +220,11 @@ struct Viewer {
 impl Viewer {
     /// The caller's current standing; `None` once the token is revoked or
     /// expired or the officer deactivated.
-    async fn load(st: &ApiState, who: &Principal) -> Result<Self, ApiError> {
-        let team_ids =
-            match (&who.role, &who.officer_ref) {
-                (Role::Supervisor, Some(r)) => sqlx::query_scalar(
-                    "SELECT team_id FROM officers WHERE officer_ref = $1 AND team_id IS NOT NULL \
-                     UNION SELECT t.team_id FROM teams t JOIN officers o \
-                     ON o.officer_id = t.supervisor_id WHERE o.officer_ref = $1",
-                )
-                .bind(r)
-                .fetch_all(&st.pool)
-                .await?,
-                _ => Vec::new(),
-            };
+    async fn load(db: &Db, who: &Principal) -> Result<Self, ApiError> {
+        let team_ids = match (&who.role, &who.officer_ref) {
+            (Role::Supervisor, Some(r)) => supervisor_teams(db, r).await?,
+            _ => Vec::new(),
+        };
         Ok(Self {
             token_id: who.token_id,
             role: who.role,
@@ -166,7 +235,7 @@ impl Viewer {
 
     async fn reload(&self, st: &ApiState) -> Result<Option<Self>, ApiError> {
         match auth::principal_by_id(&st.db, self.token_id, st.clock.now()).await? {
-            Some(who) if CASEWORK.contains(&who.role) => Ok(Some(Self::load(st, &who).await?)),
+            Some(who) if CASEWORK.contains(&who.role) => Ok(Some(Self::load(&st.db, &who).await?)),
             _ => Ok(None),
         }
     }
@@ -249,7 +318,7 @@ impl Feed {
                 continue;
             }
             if self.replaying {
-                match events_after(&self.st.pool, self.cursor, REPLAY_PAGE).await {
+                match events_after(&self.st.db, self.cursor, REPLAY_PAGE).await {
                     Ok(page) => {
                         self.replaying = page.len() as i64 == REPLAY_PAGE;
                         self.backlog.extend(page);
@@ -304,15 +373,14 @@ pub async fn alert_stream(
     };
     // Subscribe before reading the head so nothing falls between them.
     let rx = st.outbox.subscribe();
-    let head: i64 = sqlx::query_scalar("SELECT COALESCE(max(event_id), 0) FROM alert_events")
-        .fetch_one(&st.pool)
-        .await?;
+    let head = log_head(&st.db).await?;
     // A resume point beyond the head (a client that saw a log since
     // restored from backup) would wait forever: it starts at the head.
     let cursor = resume.map_or(head, |id| id.clamp(0, head));
-    let viewer = Viewer::load(&st, &who).await?;
-    audit::record_pg(
-        &st.pool,
+    let viewer = Viewer::load(&st.db, &who).await?;
+    let mut tx = st.db.begin().await?;
+    audit::record(
+        &mut tx,
         &who,
         &reason,
         st.clock.now(),
@@ -323,6 +391,7 @@ pub async fn alert_stream(
         ),
     )
     .await?;
+    tx.commit().await?;
     let feed = Feed {
         viewer,
         recheck_at: tokio::time::Instant::now() + st.cfg.stream_recheck,
@@ -355,4 +424,131 @@ pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(create_ticket))
         .routes(routes!(alert_stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+
+    use super::*;
+    use crate::api::alerts::append_events;
+    use crate::api::alerts::tests::{alert, t0, world};
+
+    #[tokio::test]
+    async fn tickets_open_one_stream_before_they_expire_on_sqlite() {
+        let w = world().await;
+        Q::new("INSERT INTO api_tokens (secret_hash, role, officer_id) VALUES ($1, 'officer', 1)")
+            .bind(auth::hash_secret("wpt_x"))
+            .execute(&w.db)
+            .await
+            .unwrap();
+        let now = t0();
+        let (a, b, old) = (
+            auth::hash_secret("a"),
+            auth::hash_secret("b"),
+            auth::hash_secret("old"),
+        );
+        issue_ticket(
+            &w.db,
+            &old,
+            1,
+            now - TimeDelta::hours(2),
+            now - TimeDelta::hours(3),
+        )
+        .await
+        .unwrap();
+        issue_ticket(&w.db, &a, 1, now + TimeDelta::seconds(30), now)
+            .await
+            .unwrap();
+        issue_ticket(&w.db, &b, 1, now + TimeDelta::seconds(30), now)
+            .await
+            .unwrap();
+        let left: i64 = Q::new("SELECT count(*) FROM stream_tickets")
+            .scalar(&w.db)
+            .await
+            .unwrap();
+        assert_eq!(left, 2, "tickets expired an hour ago are cleared");
+        assert_eq!(redeem_ticket(&w.db, &a, now).await.unwrap(), Some(1));
+        assert_eq!(redeem_ticket(&w.db, &a, now).await.unwrap(), None, "once");
+        let expiry = now + TimeDelta::seconds(30);
+        assert_eq!(redeem_ticket(&w.db, &b, expiry).await.unwrap(), None);
+        assert_eq!(
+            redeem_ticket(&w.db, &b, expiry - TimeDelta::nanoseconds(1))
+                .await
+                .unwrap(),
+            Some(1)
+        );
+        assert_eq!(redeem_ticket(&w.db, &old, now).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn replay_reads_the_log_in_order_with_the_current_audience_on_sqlite() {
+        let w = world().await;
+        assert_eq!(log_head(&w.db).await.unwrap(), 0);
+        let mine = alert(&w.db, 1, "high", t0()).await;
+        let theirs = alert(&w.db, 2, "low", t0()).await;
+        let mut tx = w.db.begin().await.unwrap();
+        append_events(
+            &mut tx,
+            &[(mine, "raised"), (theirs, "raised"), (mine, "updated")],
+            t0(),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let head = log_head(&w.db).await.unwrap();
+        assert_eq!(head, 3);
+
+        let all = events_after(&w.db, 0, 10).await.unwrap();
+        let got: Vec<(i64, i64, &str)> = all
+            .iter()
+            .map(|e| (e.event_id, e.alert_id, e.event_type.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, mine, "raised"),
+                (2, theirs, "raised"),
+                (3, mine, "updated")
+            ]
+        );
+        let e = &all[0];
+        assert_eq!(e.at, t0());
+        assert_eq!(e.device_id, "dev-1");
+        assert_eq!(e.alert["severity"], "high");
+        assert_eq!(e.audience.officer_ref.as_deref(), Some("o1"));
+        assert_eq!(e.audience.team_id, Some(1));
+        assert_eq!(e.audience.case_ref.as_deref(), Some("C-1"));
+        assert_eq!(all[1].audience.team_id, None);
+        let data = event_data(e);
+        assert_eq!(data["alert"]["case_ref"], "C-1");
+        assert!(data["alert"].get("details").is_none());
+
+        let page = events_after(&w.db, 1, 1).await.unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].event_id, 2);
+        assert!(events_after(&w.db, head, 10).await.unwrap().is_empty());
+
+        // Reassigning the caseload changes who sees past entries at once.
+        Q::new("UPDATE supervisees SET officer_ref = 'o2' WHERE supervisee_id = 1")
+            .execute(&w.db)
+            .await
+            .unwrap();
+        let e = &events_after(&w.db, 0, 1).await.unwrap()[0];
+        assert_eq!(e.audience.officer_ref.as_deref(), Some("o2"));
+        assert_eq!(e.audience.team_id, None);
+    }
+
+    #[tokio::test]
+    async fn a_supervisor_follows_the_teams_they_belong_to_or_supervise_on_sqlite() {
+        let w = world().await;
+        assert_eq!(supervisor_teams(&w.db, "sup").await.unwrap(), [1]);
+        assert_eq!(supervisor_teams(&w.db, "o1").await.unwrap(), [1]);
+        assert!(supervisor_teams(&w.db, "o2").await.unwrap().is_empty());
+        let v = Viewer::load(&w.db, &w.sup).await.unwrap();
+        assert_eq!(v.team_ids, [1]);
+        // An officer's own teams are not read: they see their caseload only.
+        let v = Viewer::load(&w.db, &w.o1).await.unwrap();
+        assert!(v.team_ids.is_empty());
+    }
 }

@@ -122,6 +122,17 @@ pub enum On<'e> {
     Tx(&'e mut Tx),
 }
 
+impl On<'_> {
+    /// The same target for one more statement (a read helper that runs
+    /// several statements, on the pool or inside the caller's transaction).
+    pub fn reborrow(&mut self) -> On<'_> {
+        match self {
+            On::Db(d) => On::Db(d),
+            On::Tx(t) => On::Tx(t),
+        }
+    }
+}
+
 impl<'e> From<&'e Db> for On<'e> {
     fn from(d: &'e Db) -> Self {
         Self::Db(d)
