@@ -86,6 +86,11 @@ impl Running {
         self.fatal.clone()
     }
 
+    /// Cancelled once the server begins to stop (companion tasks end then).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     /// Waits until every task has finished (after a shutdown).
     pub async fn wait(&self) {
         self.tracker.wait().await;

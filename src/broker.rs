@@ -373,6 +373,16 @@ impl EmbeddedBroker {
     }
 }
 
+/// Whether the device listener at `addr` still completes an MQTT 3.1.1
+/// CONNECT (blocking, up to ~0.7 s). rumqttd can lose it without stopping:
+/// after a refused connection (e.g. beyond its connection limit) the same
+/// client id connecting again panics its listener thread and poisons a lock
+/// every later CONNECT takes, and rumqttd cannot be restarted in the
+/// process. [`crate::embedded`] watches this.
+pub fn devices_can_connect(addr: SocketAddr) -> bool {
+    mqtt_answers(addr, 4)
+}
+
 /// True if an MQTT broker on `addr` accepts a clean-session CONNECT of the
 /// given protocol version (4 = 3.1.1, 5). More than a TCP connect: it
 /// checks that the listener speaks the protocol version it was configured
@@ -387,9 +397,17 @@ fn mqtt_answers(addr: SocketAddr, version: u8) -> bool {
         if version == 5 {
             connect.push(0);
         }
+        // A fresh client id for every probe: rumqttd 0.20 panics, and
+        // poisons a lock every later CONNECT needs, when a client id
+        // connects again while its previous connection's will handler is
+        // stale (server/broker.rs: `try_send(..).unwrap()` under the lock).
+        // Reusing one id across both listeners and retries crashed 2 of 17
+        // starts in the capacity runs.
+        static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         put_str(
             &mut connect,
-            &format!("waypoint-probe-{}", std::process::id()),
+            &format!("waypoint-probe-{}-{n}", std::process::id()),
         )?;
         write_packet(&mut s, 0x10, &connect)?;
         // CONNACK: flags, then the return (v4) or reason (v5) code, 0 = success.

@@ -14,6 +14,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::app::{AppError, Running};
 use crate::broker::{BrokerError, BrokerOptions, EmbeddedBroker};
@@ -53,6 +56,39 @@ pub struct Embedded {
     pub data_dir: PathBuf,
 }
 
+/// How often the device listener is checked, and how many checks in a row
+/// must fail before the server gives up on it.
+const BROKER_CHECK_EVERY: Duration = Duration::from_secs(10);
+const BROKER_CHECK_FAILURES: u32 = 3;
+
+/// Stops the server (as a fatal failure: `serve` exits non-zero, so a
+/// supervisor restarts it) once devices can no longer connect to the
+/// embedded broker. rumqttd can lose its device listener while the process
+/// lives on and has no way to restart it; a server that silently receives
+/// nothing would be worse than one that restarts.
+async fn watch_broker(addr: SocketAddr, fatal: CancellationToken, stopping: CancellationToken) {
+    let mut failures = 0;
+    loop {
+        tokio::select! {
+            _ = stopping.cancelled() => return,
+            _ = tokio::time::sleep(BROKER_CHECK_EVERY) => {}
+        }
+        let ok = tokio::task::spawn_blocking(move || crate::broker::devices_can_connect(addr))
+            .await
+            .unwrap_or(false);
+        failures = if ok { 0 } else { failures + 1 };
+        if failures >= BROKER_CHECK_FAILURES {
+            tracing::error!(
+                %addr,
+                "the embedded MQTT broker no longer accepts devices (a known rumqttd failure); \
+                 stopping so the server can be restarted"
+            );
+            fatal.cancel();
+            return;
+        }
+    }
+}
+
 /// Opens (and migrates) the database in `data_dir`, starts the broker with
 /// its device listener on `mqtt`, and starts the server on them; `cfg`'s
 /// broker address is replaced by the embedded broker's.
@@ -84,6 +120,11 @@ pub async fn start(
     cfg.mqtt.credentials = None;
 
     let running = crate::app::start(cfg, store.clone(), clock).await?;
+    tokio::spawn(watch_broker(
+        broker.local_addr(),
+        running.fatal_token(),
+        running.shutdown_token(),
+    ));
     Ok(Embedded {
         running,
         broker,

@@ -95,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
                 store.close().await;
             }
             if fatal.is_cancelled() {
-                anyhow::bail!("ingest stopped after an internal failure (see the log above)");
+                anyhow::bail!("the server stopped after an internal failure (see the log above)");
             }
             tracing::info!("stopped");
         }
