@@ -284,11 +284,14 @@ pub async fn principal_for_hash(
 /// Looks a presented credential up under the brute-force limits
 /// ([`super::limit`]): refused with 429 while `client` is locked out
 /// (unless the credential worked before), and a miss counts as a failure.
-/// A hit costs no more than the lookup itself (two in-memory map updates).
+/// A hit costs no more than the lookup itself (two in-memory map updates)
+/// and, if `reusable`, lets the credential pass later lockouts (not for
+/// single-use stream tickets, which would only crowd out real ones).
 pub async fn checked<F, Fut>(
     st: &ApiState,
     client: ClientKey,
     secret: &str,
+    reusable: bool,
     lookup: F,
 ) -> Result<Principal, ApiError>
 where
@@ -300,7 +303,9 @@ where
     st.limiter.admit(client, &hash, now)?;
     match lookup(hash.clone()).await? {
         Some(who) => {
-            st.limiter.succeeded(&hash);
+            if reusable {
+                st.limiter.succeeded(&hash);
+            }
             Ok(who)
         }
         None => {
@@ -374,7 +379,7 @@ pub async fn authenticate(
 ) -> Result<Principal, ApiError> {
     let now = state.clock.now();
     if let Some(secret) = bearer(headers)? {
-        return checked(state, client, secret, |h| async move {
+        return checked(state, client, secret, true, |h| async move {
             principal_for_hash(&state.db, &h, now).await
         })
         .await;
@@ -389,7 +394,7 @@ pub async fn authenticate(
             "a change made with a session cookie needs the X-Requested-With header",
         ));
     }
-    checked(state, client, secret, |h| async move {
+    checked(state, client, secret, true, |h| async move {
         super::session::principal(&state.db, &h, now).await
     })
     .await

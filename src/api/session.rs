@@ -114,7 +114,7 @@ pub async fn create_session(
     }
     // A wrong token here is a guess like any other.
     let db = &st.db;
-    let who = auth::checked(&st, client, secret, |h| async move {
+    let who = auth::checked(&st, client, secret, true, |h| async move {
         auth::principal_for_hash(db, &h, now).await
     })
     .await?;

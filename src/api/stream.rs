@@ -198,7 +198,7 @@ async fn authenticate(
     if ticket.len() > 256 {
         return Err(ApiError::Unauthorized);
     }
-    auth::checked(st, client, ticket, |h| async move {
+    auth::checked(st, client, ticket, false, |h| async move {
         match redeem_ticket(&st.db, &h, now).await? {
             Some(token_id) => auth::principal_by_id(&st.db, token_id, now).await,
             None => Ok(None),
