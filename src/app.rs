@@ -190,7 +190,9 @@ pub async fn start<S: Store>(
     tracker.spawn({
         let stopped = stopped.clone();
         async move {
-            let r = axum::serve(listener, ops)
+            // Peer addresses, for the API's per-client authentication limits.
+            let app = ops.into_make_service_with_connect_info::<SocketAddr>();
+            let r = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stopped.cancelled().await })
                 .await;
             if let Err(e) = r {

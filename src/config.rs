@@ -316,6 +316,15 @@ pub struct ServeArgs {
     /// Group named on escalations when the officer has no supervisor.
     #[arg(long, env = "WAYPOINT_ON_CALL_GROUP", default_value = "on-call")]
     pub on_call_group: String,
+    /// Failed authentications one client (IPv4 address, IPv6 /64) may make
+    /// at once before it is answered 429 (docs/api.md).
+    #[arg(long, env = "WAYPOINT_AUTH_FAILURES_BURST", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_failures_burst: u32,
+    /// Failed authentications a client is forgiven per minute after that.
+    #[arg(long, env = "WAYPOINT_AUTH_FAILURES_PER_MINUTE", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_failures_per_minute: u32,
     /// Serve the officer API under /api/v1 and the dashboard at /.
     #[arg(long, env = "WAYPOINT_API", default_value_t = true, action = clap::ArgAction::Set)]
     pub api: bool,
@@ -423,6 +432,11 @@ impl ServeArgs {
         }
         let mut c = crate::api::ApiConfig {
             on_call_group: self.on_call_group.clone(),
+            auth_limits: crate::api::limit::AuthLimits {
+                per_client_burst: self.auth_failures_burst,
+                per_client_per_minute: self.auth_failures_per_minute,
+                ..Default::default()
+            },
             ..Default::default()
         };
         for spec in &self.escalate_after {

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::error::ApiError;
+use super::limit::{Client, ClientKey};
 use super::ApiState;
 use crate::store::sql::{Db, DbRow, Q};
 
@@ -263,12 +264,55 @@ pub async fn principal_for(
     secret: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<Principal>, ApiError> {
+    principal_for_hash(db, &hash_secret(secret), now).await
+}
+
+/// [`principal_for`] of a secret already hashed ([`hash_secret`]).
+pub async fn principal_for_hash(
+    db: &Db,
+    hash: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Option<Principal>, ApiError> {
     let row = Q::new(format!("{PRINCIPAL_SQL} t.secret_hash = $1"))
-        .bind(hash_secret(secret))
+        .bind(hash)
         .bind(now)
         .fetch_optional(db)
         .await?;
     principal_from(row)
+}
+
+/// Looks a presented credential up under the brute-force limits
+/// ([`super::limit`]): refused with 429 while `client` is locked out
+/// (unless the credential worked before), and a miss counts as a failure.
+/// A hit costs no more than the lookup itself (two in-memory map updates)
+/// and, if `reusable`, lets the credential pass later lockouts (not for
+/// single-use stream tickets, which would only crowd out real ones).
+pub async fn checked<F, Fut>(
+    st: &ApiState,
+    client: ClientKey,
+    secret: &str,
+    reusable: bool,
+    lookup: F,
+) -> Result<Principal, ApiError>
+where
+    F: FnOnce(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Principal>, ApiError>>,
+{
+    let now = st.clock.now();
+    let hash = hash_secret(secret);
+    st.limiter.admit(client, &hash, now)?;
+    match lookup(hash.clone()).await? {
+        Some(who) => {
+            if reusable {
+                st.limiter.succeeded(&hash);
+            }
+            Ok(who)
+        }
+        None => {
+            st.limiter.failed(client, Some(&hash), now);
+            Err(ApiError::Unauthorized)
+        }
+    }
 }
 
 /// The principal of a live token by id (a stream ticket names its token).
@@ -325,16 +369,20 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 /// no cross-site form can send and no cross-origin script may send without
 /// a CORS grant, which this server never gives): cross-site request
 /// forgery defence on top of SameSite=Strict.
+///
+/// Failed lookups count against `client` ([`super::limit`]).
 pub async fn authenticate(
     state: &ApiState,
     method: &axum::http::Method,
     headers: &HeaderMap,
+    client: ClientKey,
 ) -> Result<Principal, ApiError> {
     let now = state.clock.now();
     if let Some(secret) = bearer(headers)? {
-        return principal_for(&state.db, secret, now)
-            .await?
-            .ok_or(ApiError::Unauthorized);
+        return checked(state, client, secret, true, |h| async move {
+            principal_for_hash(&state.db, &h, now).await
+        })
+        .await;
     }
     let secret = super::session::cookie(headers).ok_or(ApiError::Unauthorized)?;
     let safe = matches!(
@@ -346,15 +394,17 @@ pub async fn authenticate(
             "a change made with a session cookie needs the X-Requested-With header",
         ));
     }
-    super::session::principal(&state.db, secret, now)
-        .await?
-        .ok_or(ApiError::Unauthorized)
+    checked(state, client, secret, true, |h| async move {
+        super::session::principal(&state.db, &h, now).await
+    })
+    .await
 }
 
 impl FromRequestParts<ApiState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        authenticate(state, &parts.method, &parts.headers).await
+        let client = Client::from_parts(parts).0;
+        authenticate(state, &parts.method, &parts.headers, client).await
     }
 }

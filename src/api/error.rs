@@ -91,6 +91,13 @@ pub enum ApiError {
     /// Body is not JSON (415).
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    /// Too many failed authentication attempts from this client (or from
+    /// all clients): retry after this many seconds (429).
+    #[error("too many failed authentication attempts")]
+    TooManyRequests {
+        /// Seconds until an attempt is accepted again.
+        retry_after_s: u64,
+    },
     /// The database is unreachable; retry (503).
     #[error("service unavailable")]
     Unavailable,
@@ -136,6 +143,11 @@ impl ApiError {
                 "unsupported-media-type",
                 "Request body must be application/json",
             ),
+            Self::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                "Too many failed authentication attempts",
+            ),
             Self::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -175,6 +187,11 @@ impl ApiError {
             Self::Forbidden(d) => p.detail = Some((*d).to_owned()),
             Self::Unauthorized => {
                 p.detail = Some("send a valid token as `Authorization: Bearer <token>`".into())
+            }
+            Self::TooManyRequests { retry_after_s } => {
+                p.detail = Some(format!(
+                    "authentication refused for {retry_after_s} s after repeated failures"
+                ))
             }
             Self::NotFound
             | Self::MethodNotAllowed
@@ -216,6 +233,9 @@ impl IntoResponse for ApiError {
             Self::Unavailable => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
+            Self::TooManyRequests { retry_after_s } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
+            }
             _ => {}
         }
         r
@@ -232,9 +252,21 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(_) => Self::NotFound,
             StoreError::AlreadyExists(what) => Self::Conflict(format!("already exists: {what}")),
             StoreError::Invalid(what) => Self::Conflict(what),
+            StoreError::Refused(ref cause) if nul_in_text(cause) => nul_refused(),
             StoreError::Refused(_) | StoreError::Migrate(_) => Self::Internal(e.to_string()),
         }
     }
+}
+
+/// PostgreSQL refuses a NUL character in text (SQLSTATE 22021, "invalid
+/// byte sequence"); only a request puts one there (SQLite stores it as
+/// sent).
+fn nul_in_text(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("22021"))
+}
+
+fn nul_refused() -> ApiError {
+    ApiError::field("body", "a text value contains a NUL character")
 }
 
 impl From<sqlx::Error> for ApiError {
@@ -256,6 +288,9 @@ impl From<sqlx::Error> for ApiError {
                 )])
             }
             None => {}
+        }
+        if nul_in_text(&e) {
+            return nul_refused();
         }
         // A value the driver cannot encode (e.g. a year outside PostgreSQL's
         // range) came from the request.
@@ -380,6 +415,10 @@ impl utoipa::IntoResponses for StdErrors {
             ("413", "Request body too large"),
             ("415", "Request body is not application/json"),
             ("422", "Invalid fields; each is named in `errors`"),
+            (
+                "429",
+                "Too many failed authentication attempts; see `Retry-After`",
+            ),
             ("503", "Database unavailable; retry later"),
         ]
         .into_iter()

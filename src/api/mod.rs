@@ -13,7 +13,7 @@
 //! detail, decisions), [`stream`] (SSE and tickets), [`escalation`],
 //! [`people`] (supervisees, officers, teams, devices), [`zones`] (zones,
 //! rules, exceptions), [`positions`] (latest, track), [`export`],
-//! [`compliance`], [`provision`] (whole provisioning documents), [`session`] (browser sign-in with an HttpOnly cookie).
+//! [`compliance`], [`provision`] (whole provisioning documents), [`session`] (browser sign-in with an HttpOnly cookie), [`limit`] (brute-force limits on authentication).
 //!
 //! The OpenAPI document is assembled from the handlers' own annotations by
 //! `utoipa-axum` as the router is built, so the two cannot drift.
@@ -25,6 +25,7 @@ pub mod compliance;
 pub mod error;
 pub mod escalation;
 pub mod export;
+pub mod limit;
 pub mod people;
 pub mod positions;
 pub mod provision;
@@ -76,6 +77,8 @@ pub struct ApiConfig {
     /// one fix a minute fits; the export is built in memory (its digest
     /// header precedes the body), about 170 bytes per fix as GeoJSON.
     pub max_export_fixes: i64,
+    /// Brute-force limits on failed authentication ([`limit`]).
+    pub auth_limits: limit::AuthLimits,
 }
 
 impl Default for ApiConfig {
@@ -93,6 +96,7 @@ impl Default for ApiConfig {
             stream_recheck: Duration::from_secs(30),
             session_ttl: Duration::from_secs(12 * 3600),
             max_export_fixes: 600_000,
+            auth_limits: limit::AuthLimits::default(),
         }
     }
 }
@@ -117,6 +121,8 @@ pub struct ApiState {
     pub cfg: Arc<ApiConfig>,
     /// Exports in progress (each holds its whole body in memory).
     pub exports: Arc<tokio::sync::Semaphore>,
+    /// Failed-authentication limits, shared by every credential path.
+    pub limiter: Arc<limit::AuthLimiter>,
 }
 
 /// Exports built at the same time.
@@ -125,10 +131,15 @@ pub const CONCURRENT_EXPORTS: usize = 2;
 impl ApiState {
     /// State for the handlers.
     pub fn new(db: Db, outbox: Arc<Outbox>, clock: SharedClock, cfg: ApiConfig) -> Self {
+        let limiter = Arc::new(limit::AuthLimiter::new(
+            cfg.auth_limits.clone(),
+            clock.now(),
+        ));
         Self {
             db,
             outbox,
             clock,
+            limiter,
             cfg: Arc::new(cfg),
             exports: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_EXPORTS)),
         }

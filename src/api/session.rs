@@ -18,6 +18,7 @@ use utoipa_axum::routes;
 use super::audit::{self, AuditReason, Entry};
 use super::auth::{self, Principal, Role};
 use super::error::{ApiError, ApiJson, StdErrors};
+use super::limit::Client;
 use super::ApiState;
 use crate::store::sql::{Db, Q};
 
@@ -42,17 +43,18 @@ pub fn cookie(headers: &HeaderMap) -> Option<&str> {
         .filter(|v| !v.is_empty() && v.len() <= 256)
 }
 
-/// The principal of a live session (its token live too).
+/// The principal of a live session (its token live too), by the hash of
+/// the session secret ([`auth::hash_secret`]).
 pub async fn principal(
     db: &Db,
-    secret: &str,
+    hash: &[u8],
     now: DateTime<Utc>,
 ) -> Result<Option<Principal>, ApiError> {
     let token_id: Option<i64> = Q::new(
         "SELECT token_id FROM api_sessions \
          WHERE session_hash = $1 AND ended_at IS NULL AND expires_at > $2",
     )
-    .bind(auth::hash_secret(secret))
+    .bind(hash)
     .bind(now)
     .scalar_opt(db)
     .await?;
@@ -100,6 +102,7 @@ fn set_cookie(value: &str, max_age_s: i64) -> Result<HeaderValue, ApiError> {
 )]
 pub async fn create_session(
     State(st): State<ApiState>,
+    Client(client): Client,
     reason: AuditReason,
     ApiJson(body): ApiJson<SignIn>,
 ) -> Result<Response, ApiError> {
@@ -109,9 +112,12 @@ pub async fn create_session(
     if secret.is_empty() || secret.len() > 256 {
         return Err(ApiError::Unauthorized);
     }
-    let who = auth::principal_for(&st.db, secret, now)
-        .await?
-        .ok_or(ApiError::Unauthorized)?;
+    // A wrong token here is a guess like any other.
+    let db = &st.db;
+    let who = auth::checked(&st, client, secret, true, |h| async move {
+        auth::principal_for_hash(db, &h, now).await
+    })
+    .await?;
     let expires_at = now
         + chrono::TimeDelta::from_std(st.cfg.session_ttl)
             .map_err(|e| ApiError::Internal(e.to_string()))?;

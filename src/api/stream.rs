@@ -31,6 +31,7 @@ use utoipa_axum::routes;
 use super::audit::{self, AuditReason, Entry};
 use super::auth::{self, Principal, Role, CASEWORK, TICKET_PREFIX};
 use super::error::{ApiError, ApiQuery, StdErrors};
+use super::limit::{Client, ClientKey};
 use super::ApiState;
 use crate::alerts::{AlertEvent, Audience};
 use crate::store::sql::{Db, Q};
@@ -182,25 +183,28 @@ pub struct StreamQuery {
 }
 
 /// The caller of a stream, by ticket or bearer token.
+/// A wrong ticket counts as a failed attempt ([`super::limit`]).
 async fn authenticate(
     st: &ApiState,
     headers: &HeaderMap,
     ticket: Option<&str>,
+    client: ClientKey,
 ) -> Result<Principal, ApiError> {
     let now = st.clock.now();
     let Some(ticket) = ticket else {
         // Bearer token, or the browser's session cookie.
-        return auth::authenticate(st, &axum::http::Method::GET, headers).await;
+        return auth::authenticate(st, &axum::http::Method::GET, headers, client).await;
     };
     if ticket.len() > 256 {
         return Err(ApiError::Unauthorized);
     }
-    let token_id = redeem_ticket(&st.db, &auth::hash_secret(ticket), now)
-        .await?
-        .ok_or(ApiError::Unauthorized)?;
-    auth::principal_by_id(&st.db, token_id, now)
-        .await?
-        .ok_or(ApiError::Unauthorized)
+    auth::checked(st, client, ticket, false, |h| async move {
+        match redeem_ticket(&st.db, &h, now).await? {
+            Some(token_id) => auth::principal_by_id(&st.db, token_id, now).await,
+            None => Ok(None),
+        }
+    })
+    .await
 }
 
 /// Whom a connection may see. The supervisee's officer and team are read
@@ -361,11 +365,12 @@ impl Feed {
 )]
 pub async fn alert_stream(
     State(st): State<ApiState>,
+    Client(client): Client,
     headers: HeaderMap,
     reason: AuditReason,
     ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let who = authenticate(&st, &headers, q.ticket.as_deref()).await?;
+    let who = authenticate(&st, &headers, q.ticket.as_deref(), client).await?;
     who.require(CASEWORK)?;
     let resume = match last_event_id(&headers)? {
         Some(id) => Some(id),

@@ -287,6 +287,8 @@ impl ApiServer {
         let addr = listener.local_addr().unwrap();
         let stop = cancel.clone();
         tokio::spawn(async move {
+            // Peer addresses, as src/app.rs serves them (authentication limits).
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await
