@@ -23,6 +23,10 @@ pub const MAX_FIXES_PER_MESSAGE: usize = 2_000;
 pub const MAX_EVENTS_PER_MESSAGE: usize = 256;
 /// Longest free-text field (firmware version, event kind) accepted.
 pub const MAX_SHORT_STRING: usize = 64;
+/// Longest refusal detail kept. serde's messages quote the offending value
+/// (`invalid type: string "…"`), which a hostile payload can make as large
+/// as the payload cap; the detail is stored with every refusal and logged.
+pub const MAX_DETAIL: usize = 200;
 
 /// A whole-message refusal from a decoder.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -36,10 +40,13 @@ pub struct DecodeError {
 
 impl DecodeError {
     pub(crate) fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
-        Self {
-            reason,
-            detail: detail.into(),
+        let mut detail = detail.into();
+        if detail.len() > MAX_DETAIL {
+            let end = clip(&detail, MAX_DETAIL).len();
+            detail.truncate(end);
+            detail.push('…');
         }
+        Self { reason, detail }
     }
 }
 
@@ -106,5 +113,25 @@ mod tests {
         assert_eq!(clip("abc", 2), "ab");
         assert_eq!(clip("é", 1), "");
         assert!(!is_printable("fw\u{0}1") && is_printable("1.2.3-é"));
+    }
+
+    #[test]
+    fn refusal_details_do_not_grow_with_the_payload() {
+        // serde quotes the wrong-typed value; a 100 KiB string must not
+        // become a 100 KiB detail row.
+        let big = format!(
+            r#"{{"v":1,"device":"d","boot":0,"seq":"{}"}}"#,
+            "é".repeat(50_000)
+        );
+        let e = decode_native(big.as_bytes()).unwrap_err();
+        assert_eq!(e.reason, RejectReason::MalformedJson);
+        assert!(
+            e.detail.len() <= MAX_DETAIL + '…'.len_utf8(),
+            "{}",
+            e.detail.len()
+        );
+        assert!(e.detail.ends_with('…'));
+        let e = owntracks::decode(format!(r#"{{"_type":{}}}"#, "1".repeat(100_000)).as_bytes());
+        assert!(e.unwrap_err().detail.len() <= MAX_DETAIL + 3);
     }
 }

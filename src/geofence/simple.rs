@@ -3,8 +3,9 @@
 //! this is the (costlier) topology check that zone intake — the API and
 //! provisioning files alike — runs before a shape is stored.
 
+use geo::coordinate_position::{CoordPos, CoordinatePosition};
 use geo::line_intersection::{line_intersection, LineIntersection};
-use geo::{Coord, Line};
+use geo::{Coord, Line, LineString};
 
 use super::{Polygon, Shape};
 
@@ -109,9 +110,90 @@ fn edge_conflict(multi: bool, s: &Seg, t: &Seg) -> Option<String> {
     }
 }
 
+const TOO_INTRICATE: &str = "outline too intricate to check for self-intersection; \
+                            simplify it or split it into several zones";
+
+/// Where `pts` lie relative to `ring`, from the first of its vertices (or
+/// edge midpoints) not on the ring itself; `None` if all are on it. Only
+/// meaningful when the two rings do not cross, so one point decides.
+fn side(
+    ring: &geo::Polygon<f64>,
+    pts: &[[f64; 2]],
+    budget: &mut u64,
+    cost: u64,
+) -> Option<CoordPos> {
+    let mids = pts
+        .windows(2)
+        .map(|w| [(w[0][0] + w[1][0]) / 2.0, (w[0][1] + w[1][1]) / 2.0]);
+    for p in pts.iter().copied().chain(mids) {
+        *budget = budget.saturating_sub(cost);
+        if *budget == 0 {
+            return None;
+        }
+        match ring.coordinate_position(&Coord { x: p[0], y: p[1] }) {
+            CoordPos::OnBoundary => continue,
+            pos => return Some(pos),
+        }
+    }
+    None
+}
+
+/// Refuses holes outside their shell or inside another hole. Runs after the
+/// crossing sweep: rings that neither cross nor overlap are either nested
+/// or apart, so one point of a hole tells which. Without this a stray hole
+/// would, by the even-odd rule the evaluator uses, add its own area to the
+/// zone instead of cutting it out.
+fn check_holes(multi: bool, polys: &[&Polygon], budget: &mut u64) -> Result<(), String> {
+    let as_geo = |r: &[[f64; 2]]| {
+        geo::Polygon::new(
+            LineString::from(r.iter().map(|c| (c[0], c[1])).collect::<Vec<_>>()),
+            vec![],
+        )
+    };
+    for (pi, p) in polys.iter().enumerate() {
+        let holes = p.holes();
+        if holes.is_empty() {
+            continue;
+        }
+        let shell = as_geo(p.exterior());
+        let hole_rings: Vec<_> = holes.iter().map(|h| as_geo(h)).collect();
+        for (hi, h) in holes.iter().enumerate() {
+            let pos = side(&shell, h, budget, p.exterior().len() as u64);
+            if *budget == 0 {
+                return Err(TOO_INTRICATE.into());
+            }
+            if pos == Some(CoordPos::Outside) {
+                return Err(format!(
+                    "{} lies outside {}; a hole must be inside its outer ring",
+                    ring_name(multi, pi, hi + 1),
+                    ring_name(multi, pi, 0)
+                ));
+            }
+            for (oi, o) in hole_rings.iter().enumerate() {
+                if oi == hi {
+                    continue;
+                }
+                let pos = side(o, h, budget, holes[oi].len() as u64);
+                if *budget == 0 {
+                    return Err(TOO_INTRICATE.into());
+                }
+                if pos == Some(CoordPos::Inside) {
+                    return Err(format!(
+                        "{} lies inside {}; holes may not be nested",
+                        ring_name(multi, pi, hi + 1),
+                        ring_name(multi, pi, oi + 1)
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Refuses polygons whose rings cross or touch themselves, or cross one
-/// another (a sweep over edges sorted by longitude); the message names the
-/// ring and the place. Circles and corridors pass.
+/// another (a sweep over edges sorted by longitude), and holes that are not
+/// inside their outer ring or that sit inside another hole; the message
+/// names the ring and the place. Circles and corridors pass.
 pub fn check_simple(shape: &Shape) -> Result<(), String> {
     let (polys, multi): (Vec<&Polygon>, bool) = match shape {
         Shape::Polygon(p) => (vec![p], false),
@@ -153,9 +235,7 @@ pub fn check_simple(shape: &Shape) -> Result<(), String> {
         active.retain(|&j| segs[j].x1() >= x);
         budget = budget.saturating_sub(active.len() as u64 + 1);
         if budget == 0 {
-            return Err("outline too intricate to check for self-intersection; \
-                        simplify it or split it into several zones"
-                .into());
+            return Err(TOO_INTRICATE.into());
         }
         for &j in &active {
             let t = &segs[j];
@@ -168,7 +248,7 @@ pub fn check_simple(shape: &Shape) -> Result<(), String> {
         }
         active.push(i);
     }
-    Ok(())
+    check_holes(multi, &polys, &mut budget)
 }
 
 #[cfg(test)]
