@@ -98,9 +98,55 @@ impl Default for RetentionConfig {
     }
 }
 
+/// Oldest receive time a full pass walks back to in slices; anything older
+/// goes in one last open-ended slice (the protocol refuses fix times before
+/// 2000, so normally there is nothing there).
+fn slice_floor() -> DateTime<Utc> {
+    DateTime::from_timestamp(946_684_800, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// Deletes everything in `window` in batches of `cfg.batch`, pausing
 /// `cfg.pause` between them; stops early (with what was done) on `cancel`.
+///
+/// Kept evidence fixes are looked at again by every batch of the window
+/// they are in (a batch counts only what it deletes), so a window without a
+/// lower bound is walked backwards in slices of 1, 2, 4, ... days: each
+/// batch then re-reads only the evidence of its own slice, not of all
+/// history.
 pub async fn purge<S: Store>(
+    store: &S,
+    window: PurgeWindow,
+    cfg: &RetentionConfig,
+    metrics: Option<&Metrics>,
+    cancel: &CancellationToken,
+) -> Result<PurgeReport, StoreError> {
+    if window.after.is_some() {
+        return purge_slice(store, window, cfg, metrics, cancel).await;
+    }
+    let mut total = PurgeReport::default();
+    let mut upper = window.before;
+    let mut span = TimeDelta::days(1);
+    while upper > slice_floor() && !cancel.is_cancelled() {
+        let lower = (upper - span).max(slice_floor());
+        let slice = PurgeWindow {
+            after: Some(lower),
+            before: upper,
+        };
+        total.add(purge_slice(store, slice, cfg, metrics, cancel).await?);
+        upper = lower;
+        span = span * 2;
+    }
+    // The open-ended rest (also where PostgreSQL drops a TimescaleDB
+    // chunk policy).
+    let rest = PurgeWindow {
+        after: None,
+        before: upper,
+    };
+    total.add(purge_slice(store, rest, cfg, metrics, cancel).await?);
+    Ok(total)
+}
+
+async fn purge_slice<S: Store>(
     store: &S,
     window: PurgeWindow,
     cfg: &RetentionConfig,

@@ -783,7 +783,7 @@ impl Store for SqliteStore {
         window: PurgeWindow,
         batch: usize,
     ) -> Result<PurgeReport, StoreError> {
-        retention::purge(&self.write, window, batch).await
+        retention::purge(&self.read, &self.write, window, batch).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
