@@ -21,8 +21,8 @@
 //!   that lags re-reads the durable log (see [`crate::alerts::outbox`]).
 //!
 //! Beside the pipeline: the rules follower (reloads the configuration
-//! snapshot on NOTIFY), the no_signal watchdog, and the alert-log readers
-//! (MQTT publisher, live feed).
+//! snapshot on NOTIFY), the no_signal watchdog, the alert-log readers
+//! (MQTT publisher, live feed), and retention ([`crate::retention`]).
 //!
 //! Shutdown: stop taking publishes → shards drain and commit → final acks →
 //! DISCONNECT (the session persists, so anything unacked is redelivered).
@@ -144,6 +144,14 @@ pub async fn start<S: Store>(
             stopped.clone(),
         ));
     }
+
+    tracker.spawn(crate::retention::run(
+        store.clone(),
+        cfg.retention.clone(),
+        clock.clone(),
+        metrics.clone(),
+        stopped.clone(),
+    ));
 
     let listener = TcpListener::bind(cfg.http_addr)
         .await

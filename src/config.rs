@@ -336,6 +336,11 @@ pub struct ServeArgs {
     /// Attribution the basemap's provider requires.
     #[arg(long, env = "WAYPOINT_BASEMAP_ATTRIBUTION")]
     pub basemap_attribution: Option<String>,
+    /// Days raw fixes, refused messages and the message ledger are kept
+    /// (by receive time), 7..=3650; fixes that are evidence of an alert are
+    /// kept with the alert (docs/storage.md, "Retention").
+    #[arg(long, env = "WAYPOINT_RETENTION_DAYS", default_value_t = crate::retention::DEFAULT_DAYS)]
+    pub retention_days: u32,
 }
 
 /// `waypoint demo`
@@ -402,6 +407,8 @@ pub struct AppConfig {
     pub api: Option<crate::api::ApiConfig>,
     /// The dashboard's deployment settings (served with the API).
     pub web: crate::web::UiConfig,
+    /// Retention of raw data.
+    pub retention: crate::retention::RetentionConfig,
 }
 
 /// Parses `5m`, `90s`, `1h` or `off`.
@@ -493,6 +500,17 @@ impl ServeArgs {
             gps_loss_after: chrono::TimeDelta::seconds(i64::from(self.gps_loss_secs)),
             ..RulesConfig::default()
         };
+        let retention = crate::retention::RetentionConfig::new(self.retention_days)
+            .map_err(|e| bad(format!("--retention-days: {e}")))?;
+        // The ledger is purged with the same cutoff: it must outlive every
+        // redelivery the broker can still make from our session.
+        if u64::from(self.retention_days) * 86_400 < 2 * u64::from(self.session_expiry_secs) {
+            return Err(bad(format!(
+                "--retention-days {} must be at least twice --session-expiry-secs ({} s): \
+                 the message ledger must outlive every redelivery",
+                self.retention_days, self.session_expiry_secs
+            )));
+        }
         let max_packet = self.max_payload_bytes.saturating_add(PACKET_HEADROOM);
         let max_packet = u32::try_from(max_packet)
             .map_err(|_| bad("--max-payload-bytes is too large".into()))?;
@@ -531,6 +549,7 @@ impl ServeArgs {
                 },
                 basemap_attribution: self.basemap_attribution.clone(),
             },
+            retention,
         })
     }
 }
@@ -581,6 +600,18 @@ mod tests {
         assert!(args(&["--basemap-url", "ftp://tiles/{z}/{x}/{y}.png"])
             .unwrap_err()
             .contains("basemap"));
+        assert!(args(&["--retention-days", "0"])
+            .unwrap_err()
+            .contains("retention"));
+        assert!(args(&["--retention-days", "3651"])
+            .unwrap_err()
+            .contains("retention"));
+        assert!(
+            args(&["--retention-days", "7", "--session-expiry-secs", "400000"])
+                .unwrap_err()
+                .contains("ledger")
+        );
+        assert_eq!(args(&[]).unwrap().retention.days, 90);
         assert!(args(&["--escalate-after", "urgent=5m"])
             .unwrap_err()
             .contains("severity"));

@@ -38,6 +38,7 @@
 //! - [`api`]: the officer API (`/api/v1`): caseloads, zones, alerts and
 //!   decisions, live alert stream, audit trail.
 //! - [`web`]: the officer dashboard (static files embedded from `web/`).
+//! - [`retention`]: deletes raw data past retention, keeping alert evidence.
 //! - [`app`]: wiring and shutdown order; [`config`]: flags and env.
 //! - [`clock`]: the injectable clock; [`metrics`]: Prometheus registry.
 #![deny(missing_docs)]
@@ -57,6 +58,7 @@ pub mod geofence;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod retention;
 pub mod rules;
 pub mod scenario;
 pub mod store;

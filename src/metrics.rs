@@ -35,6 +35,13 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+/// `table` label of the retention counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// `fixes`, `rejected_messages` or `messages`.
+    pub table: String,
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     /// The registry `/metrics` encodes.
@@ -78,6 +85,8 @@ pub struct Metrics {
     pub alerts_raised: Family<KindLabels, Counter>,
     /// Rules evaluation time per batch (CPU, inside the transaction).
     pub rules_eval_seconds: Histogram,
+    /// Rows deleted by retention, by table.
+    pub retention_purged: Family<TableLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -123,6 +132,7 @@ impl Metrics {
             deferred: Counter::default(),
             alerts_raised: Family::default(),
             rules_eval_seconds: Histogram::new(exponential_buckets(0.000_001, 4.0, 12)),
+            retention_purged: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -207,6 +217,14 @@ impl Metrics {
             "QoS 0 publishes dropped on a full queue",
             m.qos0_dropped.clone(),
         );
+        registry.register(
+            "retention_purged_rows",
+            "Rows deleted by retention (past retention, not alert evidence), by table",
+            m.retention_purged.clone(),
+        );
+        for t in PURGED_TABLES {
+            let _ = m.retention_purged.get_or_create(&table(t));
+        }
         // Pre-create every reason so dashboards see zeros, not gaps.
         for r in RejectReason::ALL {
             let _ = m.rejected.get_or_create(&reason(r));
@@ -239,6 +257,21 @@ impl Metrics {
         self.rejected.get_or_create(&reason(r)).get()
     }
 
+    /// Counts what one retention batch deleted.
+    pub fn record_purge(&self, r: &crate::store::PurgeReport) {
+        for (t, n) in PURGED_TABLES
+            .into_iter()
+            .zip([r.fixes, r.rejections, r.messages])
+        {
+            self.retention_purged.get_or_create(&table(t)).inc_by(n);
+        }
+    }
+
+    /// Rows retention has deleted from `t` so far (tests, summaries).
+    pub fn purged_count(&self, t: &str) -> u64 {
+        self.retention_purged.get_or_create(&table(t)).get()
+    }
+
     /// Sets a queue-depth gauge.
     pub fn set_depth(&self, stage: &str, depth: usize) {
         self.queue_depth
@@ -254,6 +287,15 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Tables retention deletes from, in [`crate::store::PurgeReport`] order.
+const PURGED_TABLES: [&str; 3] = ["fixes", "rejected_messages", "messages"];
+
+fn table(t: &str) -> TableLabels {
+    TableLabels {
+        table: t.to_owned(),
     }
 }
 

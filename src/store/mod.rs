@@ -264,6 +264,51 @@ pub struct ActionRecord {
     pub note: Option<String>,
 }
 
+/// Raw fixes this close (in event time) to an alert's evidence are kept with
+/// the alert: the officer's alert view draws the device's track from
+/// `started_at` minus this to `last_evidence_at` plus this, and the decision
+/// an officer made on that view must stay reviewable (docs/storage.md,
+/// "Retention").
+pub const EVIDENCE_MARGIN: chrono::TimeDelta = chrono::TimeDelta::minutes(30);
+
+/// Rows one retention batch may delete: received before `before` (and, when
+/// `after` is set, not before `after`: an earlier pass already went
+/// through those).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeWindow {
+    /// Rows received at or after this were handled by an earlier pass.
+    pub after: Option<DateTime<Utc>>,
+    /// Rows received before this are past retention.
+    pub before: DateTime<Utc>,
+}
+
+/// Rows a retention pass (or one batch of it) deleted, by table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Raw fixes (`fixes`).
+    pub fixes: u64,
+    /// Refusals (`rejected_messages`).
+    pub rejections: u64,
+    /// De-duplication ledger rows (`messages`).
+    pub messages: u64,
+}
+
+impl PurgeReport {
+    /// Adds another batch's counts.
+    pub fn add(&mut self, other: PurgeReport) {
+        self.fixes += other.fixes;
+        self.rejections += other.rejections;
+        self.messages += other.messages;
+    }
+
+    /// Whether some table still had a full batch to delete (so another
+    /// batch may find more).
+    pub fn was_full(&self, batch: usize) -> bool {
+        let b = batch as u64;
+        self.fixes >= b || self.rejections >= b || self.messages >= b
+    }
+}
+
 /// Storage errors, split by what the caller should do about them.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -433,6 +478,18 @@ pub trait Store: Clone + Send + Sync + 'static {
         tx: mpsc::Sender<DirectoryEvent>,
         cancel: CancellationToken,
     ) -> impl Future<Output = ()> + Send;
+
+    /// Deletes at most `batch` rows from each of `fixes`, `rejected_messages`
+    /// and `messages` received inside `window`, each table in its own short
+    /// transaction, and reports how many went. Fixes of an alert's device
+    /// within [`EVIDENCE_MARGIN`] of its evidence are never deleted. The
+    /// caller repeats while [`PurgeReport::was_full`], pausing between
+    /// batches so ingest (on SQLite, the one writer) is never held up long.
+    fn purge_expired(
+        &self,
+        window: PurgeWindow,
+        batch: usize,
+    ) -> impl Future<Output = Result<PurgeReport, StoreError>> + Send;
 
     /// Cheap reachability check for readiness.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -14,11 +14,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) mod alerts;
+mod retention;
 mod rules;
 
 use super::{
     AcceptedMessage, AlertFilter, AlertRecord, AlertWrites, CommitHook, CommitReport, DeviceRecord,
-    Outcome, Prepared, RejectionRow, StateRow, Store, StoreError,
+    Outcome, Prepared, PurgeReport, PurgeWindow, RejectionRow, StateRow, Store, StoreError,
 };
 use crate::alerts::{AlertEvent, AlertKind, OfficerAction};
 use crate::directory::DirectoryEvent;
@@ -562,6 +563,14 @@ impl Store for PgStore {
 
     fn api_db(&self) -> crate::store::sql::Db {
         crate::api::pool_for_api(&self.pool)
+    }
+
+    async fn purge_expired(
+        &self,
+        window: PurgeWindow,
+        batch: usize,
+    ) -> Result<PurgeReport, StoreError> {
+        retention::purge(&self.pool, window, batch).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -27,11 +27,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) mod alerts;
+mod retention;
 mod rules;
 
 use super::{
     AcceptedMessage, AlertFilter, AlertRecord, AlertWrites, CommitHook, CommitReport, DeviceRecord,
-    Outcome, Prepared, RejectionRow, StateRow, Store, StoreError,
+    Outcome, Prepared, PurgeReport, PurgeWindow, RejectionRow, StateRow, Store, StoreError,
 };
 use crate::alerts::{AlertEvent, AlertKind, OfficerAction};
 use crate::directory::DirectoryEvent;
@@ -775,6 +776,14 @@ impl Store for SqliteStore {
         // directory reloads whole, which for an embedded fleet is cheap.
         self.poll_version("devices_version", tx, cancel, || DirectoryEvent::Resync)
             .await
+    }
+
+    async fn purge_expired(
+        &self,
+        window: PurgeWindow,
+        batch: usize,
+    ) -> Result<PurgeReport, StoreError> {
+        retention::purge(&self.read, &self.write, window, batch).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
