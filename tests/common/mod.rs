@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod broker;
+pub mod pg_cluster;
 pub mod walk;
 
 use std::future::Future;
@@ -245,6 +246,35 @@ impl Publisher {
         o.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         o.set_inflight(500);
         let (client, mut el) = AsyncClient::new(o, 1000);
+        let broker_acks = Arc::new(AtomicU64::new(0));
+        let acks = broker_acks.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        acks.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        Self {
+            client,
+            broker_acks,
+            task,
+        }
+    }
+
+    /// A device with a persistent session (clean session off) under a
+    /// stable client id, as firmware connects: publishes in flight when the
+    /// broker goes away are sent again on reconnect until acknowledged.
+    pub async fn connect_persistent(port: u16, client_id: &str, credentials: (&str, &str)) -> Self {
+        let mut o = MqttOptions::new(client_id, BROKER.0, port);
+        o.set_credentials(credentials.0, credentials.1);
+        o.set_clean_session(false);
+        o.set_inflight(100);
+        let (client, mut el) = AsyncClient::new(o, 100);
         let broker_acks = Arc::new(AtomicU64::new(0));
         let acks = broker_acks.clone();
         let task = tokio::spawn(async move {
