@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,65 +14,16 @@ use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use common::TestDb;
+use common::stores::{lite, pg, Backend};
 use waypoint::alerts::{AlertKey, AlertKind, AlertOp, Confidence, Evidence, NewAlert, Severity};
 use waypoint::clock::{Clock, ManualClock};
 use waypoint::domain::{DeviceId, Fix, FixSource, MessageKey, RejectReason, Telemetry};
 use waypoint::metrics::Metrics;
 use waypoint::retention::{self, RetentionConfig};
-use waypoint::store::postgres::PgStore;
-use waypoint::store::sqlite::SqliteStore;
 use waypoint::store::{
     AcceptedMessage, AlertFilter, AlertWrites, NoRules, Prepared, PurgeReport, PurgeWindow,
     Rejection, Store,
 };
-
-trait Backend {
-    type S: Store;
-    fn store(&self) -> Self::S;
-    fn scalar(&self, sql: &str) -> impl Future<Output = i64>;
-}
-
-struct Pg(TestDb);
-
-impl Backend for Pg {
-    type S = PgStore;
-    fn store(&self) -> PgStore {
-        self.0.store()
-    }
-    async fn scalar(&self, sql: &str) -> i64 {
-        self.0.count(sql).await
-    }
-}
-
-struct Lite {
-    _dir: tempfile::TempDir,
-    store: SqliteStore,
-}
-
-impl Backend for Lite {
-    type S = SqliteStore;
-    fn store(&self) -> SqliteStore {
-        self.store.clone()
-    }
-    async fn scalar(&self, sql: &str) -> i64 {
-        sqlx::query_scalar::<_, i64>(sql)
-            .fetch_one(self.store.read_pool())
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-    }
-}
-
-async fn pg() -> Pg {
-    Pg(TestDb::new().await)
-}
-
-async fn lite() -> Lite {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let store = SqliteStore::open(dir.path()).await.expect("open SQLite");
-    store.migrate().await.expect("SQLite migrations apply");
-    Lite { _dir: dir, store }
-}
 
 macro_rules! on_both {
     ($($case:ident),* $(,)?) => {

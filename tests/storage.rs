@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use common::TestDb;
+use common::stores::{lite, pg, Backend};
 use waypoint::alerts::{
     AlertEvent, AlertKey, AlertKind, AlertOp, Confidence, Evidence, NewAlert, OfficerAction,
     ResolutionOutcome, Severity,
@@ -29,66 +28,10 @@ use waypoint::domain::{
 };
 use waypoint::rules::engine::TimelineEntry;
 use waypoint::scenario::Scenario;
-use waypoint::store::postgres::PgStore;
-use waypoint::store::sqlite::SqliteStore;
 use waypoint::store::{
     AcceptedMessage, AlertFilter, AlertRecord, AlertWrites, CommitHook, Outcome, Prepared,
     Rejection, StateRow, Store, StoreError,
 };
-
-/// A store under test plus a way to look at its tables directly. Queries
-/// are written in the SQL both dialects share (`$1` parameters work in
-/// both; `CAST(x AS bigint)` makes PostgreSQL return int8).
-trait Backend {
-    type S: Store;
-    fn store(&self) -> Self::S;
-    fn scalar(&self, sql: &str) -> impl Future<Output = i64>;
-}
-
-struct Pg(TestDb);
-
-impl Backend for Pg {
-    type S = PgStore;
-    fn store(&self) -> PgStore {
-        self.0.store()
-    }
-    async fn scalar(&self, sql: &str) -> i64 {
-        self.0.count(sql).await
-    }
-}
-
-struct Lite {
-    /// Removed (with the database) when the test ends.
-    _dir: tempfile::TempDir,
-    store: SqliteStore,
-}
-
-impl Backend for Lite {
-    type S = SqliteStore;
-    fn store(&self) -> SqliteStore {
-        self.store.clone()
-    }
-    async fn scalar(&self, sql: &str) -> i64 {
-        sqlx::query_scalar::<_, i64>(sql)
-            .fetch_one(self.store.read_pool())
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-    }
-}
-
-async fn pg() -> Pg {
-    Pg(TestDb::new().await)
-}
-
-async fn lite() -> Lite {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    // A directory that does not exist yet: open creates it.
-    let store = SqliteStore::open(&dir.path().join("data"))
-        .await
-        .expect("open SQLite store");
-    store.migrate().await.expect("SQLite migrations apply");
-    Lite { _dir: dir, store }
-}
 
 /// Each case as a test on each backend.
 macro_rules! on_both {

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod broker;
 pub mod pg_cluster;
+pub mod stores;
 pub mod walk;
 
 use std::future::Future;
